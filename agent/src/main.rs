@@ -1,0 +1,103 @@
+//! `stoa-agent`: one per node. Loads the kernel programs, writes the controller's
+//! snapshots into the pinned maps and runs the node-local L7 proxy.
+use std::{net::SocketAddrV4, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use stoa_agent::{control, datapath::Datapath, metrics, preflight, proxy, tables::ProxyTables};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "stoa-agent", version, about = "STOA node agent")]
+struct Args {
+    /// The controller's gRPC address, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "STOA_CONTROLLER")]
+    controller: String,
+    /// Where the node proxy listens; redirected connections are rewritten to it.
+    #[arg(long, default_value = "169.254.42.1:15001")]
+    proxy_addr: SocketAddrV4,
+    /// bpffs folder for this agent's pinned maps (one folder per agent instance).
+    #[arg(long, default_value = "/sys/fs/bpf/stoa")]
+    pin_path: PathBuf,
+    /// cgroup v2 root; detected from /proc/mounts when not given.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Name this node reports to the controller.
+    #[arg(long, env = "STOA_NODE_NAME", default_value = "standalone")]
+    node_name: String,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep the last applied snapshot here and start from it when the controller is
+    /// unreachable.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cgroup_root = match preflight::check(args.cgroup_root.as_deref()) {
+        Ok(root) => root,
+        Err(reason) => {
+            eprintln!("stoa-agent: {reason}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(err) = runtime.block_on(run(args, cgroup_root)) {
+        error!("{err:#}");
+        eprintln!("stoa-agent: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args, cgroup_root: PathBuf) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics_addr {
+        metrics::install(addr)?;
+    }
+    let mut datapath = Datapath::load(&args.pin_path, cgroup_root, args.proxy_addr)
+        .context("loading the eBPF programs")?;
+    datapath.spawn_log_pump()?;
+    let peers = datapath.peer_lookup();
+    datapath.spawn_counter_export(Duration::from_secs(1));
+
+    let tables = Arc::new(ProxyTables::default());
+    let listener = proxy::bind(args.proxy_addr).await?;
+    info!(addr = %args.proxy_addr, pin_path = %args.pin_path.display(), "node proxy listening");
+    let proxy_task = tokio::spawn(proxy::serve(listener, peers, tables.clone()));
+
+    let control = control::ControlLoop::new(
+        args.controller.clone(),
+        args.node_name.clone(),
+        args.state_dir.clone(),
+        datapath,
+        tables,
+    );
+    let (datapath_slot, control_task) = control.spawn();
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+        res = proxy_task => error!("node proxy stopped: {res:?}"),
+    }
+    control_task.abort();
+    // Detach from every workload cgroup before exiting; pinned maps stay so that a
+    // restarted agent finds its state.
+    let mut datapath = datapath_slot.lock().await;
+    datapath.detach_all();
+    info!("detached; bye");
+    Ok(())
+}
