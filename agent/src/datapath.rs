@@ -26,6 +26,10 @@ use crate::snapshot::DesiredState;
 
 const CONNECT4: &str = "stoa_connect4";
 const SOCKOPS: &str = "stoa_sockops";
+/// aya attaches through bpf_link (kernel ≥ 5.7), where the kernel requires zero flags
+/// and always lets other programs (another agent's, Cilium's) coexist on the cgroup;
+/// `Single` is what maps to zero flags there.
+const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stoa.bpf.o"));
 
@@ -41,14 +45,14 @@ pub enum DatapathError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object: {}", error_chain(.0))]
     Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}: {}", error_chain(source))]
     Program {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {}", error_chain(source))]
     Map {
         name: &'static str,
         source: aya::maps::MapError,
@@ -60,6 +64,18 @@ pub enum DatapathError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// aya's errors keep the errno in their source; show the whole chain.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 struct Attachment {
@@ -300,14 +316,15 @@ impl Datapath {
             source,
         })?;
         let connect4: &mut CgroupSockAddr = self.program(CONNECT4)?;
-        let connect4 = connect4
-            .attach(&dir, CgroupAttachMode::AllowMultiple)
-            .map_err(|source| DatapathError::Program {
-                name: CONNECT4,
-                source,
-            })?;
+        let connect4 =
+            connect4
+                .attach(&dir, ATTACH_MODE)
+                .map_err(|source| DatapathError::Program {
+                    name: CONNECT4,
+                    source,
+                })?;
         let sockops: &mut SockOps = self.program(SOCKOPS)?;
-        let sockops = match sockops.attach(&dir, CgroupAttachMode::AllowMultiple) {
+        let sockops = match sockops.attach(&dir, ATTACH_MODE) {
             Ok(link) => link,
             Err(source) => {
                 if let Ok(program) = self.program::<CgroupSockAddr>(CONNECT4) {
