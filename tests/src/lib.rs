@@ -20,6 +20,7 @@
 pub mod bins;
 pub mod bpffs;
 pub mod cgroup;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod process;

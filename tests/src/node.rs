@@ -84,6 +84,18 @@ impl Default for SimNode {
 impl SimNode {
     /// Builds a fresh node; panics (after cleaning up what was made) if a step fails.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A node whose pods' cgroups live under `cgroup_parent` (relative to the cgroup v2
+    /// root) instead of `stoa-test-<id>`, so that a fixed policy such as `examples/`
+    /// (pod `billing-agent` → `stoa.slice/billing-agent`) names them. The parent is
+    /// created if missing and then removed on drop; an existing one is left in place.
+    pub fn with_cgroup_parent(cgroup_parent: &str) -> Self {
+        Self::build(Some(cgroup_parent))
+    }
+
+    fn build(cgroup_parent: Option<&str>) -> Self {
         if let Err(e) = bpffs::ensure_mounted() {
             // Only tests that start an agent need it; they will say so themselves.
             eprintln!("warning: no bpffs at {}: {e}", bpffs::BPFFS);
@@ -96,7 +108,10 @@ impl SimNode {
         let node = SimNode {
             inner: Arc::new(NodeInner {
                 netns: format!("stoa-{id}-node"),
-                cgroup_dir: cgroup::root().join(format!("stoa-test-{id}")),
+                cgroup_dir: match cgroup_parent {
+                    Some(parent) => cgroup::root().join(parent.trim_matches('/')),
+                    None => cgroup::root().join(format!("stoa-test-{id}")),
+                },
                 pin_path: Path::new(bpffs::BPFFS).join(format!("stoa-test-{id}")),
                 tmp_path: tmp.path().to_path_buf(),
                 tmp: Mutex::new(Some(tmp)),
@@ -121,9 +136,23 @@ impl SimNode {
         let proxy = format!("{PROXY_IP}/32");
         must(netns::ip(&["-n", ns, "addr", "add", &proxy, "dev", "lo"]));
         must(netns::sysctl(ns, "net/ipv4/ip_forward", "1"));
-        fs::create_dir(&inner.cgroup_dir)
-            .unwrap_or_else(|e| panic!("mkdir {}: {e}", inner.cgroup_dir.display()));
-        inner.state().cgroups.push(inner.cgroup_dir.clone());
+        if inner.cgroup_dir.is_dir()
+            && !inner
+                .cgroup_dir
+                .ends_with(format!("stoa-test-{}", inner.id))
+        {
+            // A shared parent (with_cgroup_parent) that exists already is not ours to remove.
+        } else {
+            fs::create_dir_all(&inner.cgroup_dir)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", inner.cgroup_dir.display()));
+            inner.state().cgroups.push(inner.cgroup_dir.clone());
+        }
+    }
+
+    /// Removes everything now (as drop does); for a signal handler of a long-running
+    /// program such as the demo. Idempotent.
+    pub fn cleanup(&self) {
+        self.inner.cleanup();
     }
 
     /// The node's unique id (6 hex digits); also its `--node-name`.

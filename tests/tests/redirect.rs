@@ -1,9 +1,9 @@
 //! Transparent redirect from a pod to the node proxy, end to end: real kernel
 //! programs on the pod's cgroup, real sockets across network namespaces, the real
 //! controller and agent binaries.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use stoa_tests::{OutputExt, Pod, ProcHandle, SimNode, AGENT_METRICS_ADDR};
+use stoa_tests::{OutputExt, Pod, ProcHandle, SimNode};
 
 const ORDERS_IP: &str = "10.96.0.10";
 const UNGOVERNED_IP: &str = "10.96.0.11";
@@ -63,49 +63,17 @@ fn scenario(with_orders_contract: bool) -> Scenario {
 }
 
 impl Scenario {
-    /// Prometheus samples of the agent whose name and labels start with `prefix`.
     fn metric(&self, prefix: &str) -> f64 {
-        let out = self
-            .node
-            .curl(&[&format!("http://{AGENT_METRICS_ADDR}/metrics")]);
-        assert!(out.status.success(), "scrape failed: {}", out.stderr_str());
-        out.stdout_str()
-            .lines()
-            .filter(|line| line.starts_with(prefix))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.node.agent_metric(prefix)
     }
 
     fn applied_version(&self) -> u64 {
-        self.metric("stoa_agent_snapshot_version") as u64
+        self.node.agent_snapshot_version()
     }
 
     fn wait_for_version_above(&self, version: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let applied = self.applied_version();
-            if applied > version {
-                return applied;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent never applied a snapshot above {version}\n{}",
-                self.agent.describe(30)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kernel counters are exported periodically: wait until `prefix` reaches `at_least`.
-    fn wait_for_metric(&self, prefix: &str, at_least: f64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.metric(prefix) < at_least {
-            assert!(
-                Instant::now() < deadline,
-                "{prefix} stayed below {at_least}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.node
+            .wait_for_snapshot_above(version, Duration::from_secs(20))
     }
 
     /// The backend's JSON answer to a request from the client pod.
@@ -153,7 +121,8 @@ fn governed_http_service_is_served_through_the_proxy() {
     assert_eq!(peer_ip(&answer), s.server.gateway().to_string(), "{answer}");
     assert_ne!(peer_ip(&answer), s.client.ip().to_string());
     assert_eq!(s.accepted(), 1.0);
-    s.wait_for_metric("stoa_datapath_redirects_total", 1.0);
+    s.node
+        .wait_for_agent_metric("stoa_datapath_redirects_total", 1.0, Duration::from_secs(5));
 
     // Two requests on one keep-alive connection: one redirect, both served.
     let out = s.client.curl(&[
@@ -342,4 +311,75 @@ fn sigterm_detaches_and_traffic_flows_directly() {
         s.agent.describe(20)
     );
     assert_eq!(peer_ip(&s.get_json(&[&url])), s.client.ip().to_string());
+}
+
+#[test]
+fn agent_started_before_the_controller_retries_and_then_applies() {
+    if !stoa_tests::require_root() {
+        return;
+    }
+    let node = SimNode::new();
+    let client = node.add_pod("client");
+    let server = node.add_pod("server");
+    server.add_service_ip(ORDERS_IP);
+    server.spawn_backend("orders", "0.0.0.0:80");
+    node.write_policy("workloads.yaml", &workload_yaml("client", &client));
+    node.write_policy(
+        "orders.yaml",
+        &contract_yaml("orders-api", "http", &format!("{ORDERS_IP}:80")),
+    );
+    let agent = node.start_agent(&[]);
+    assert!(
+        agent.wait_for_output("controller unreachable", Duration::from_secs(10)),
+        "{}",
+        agent.describe(20)
+    );
+    assert!(
+        agent.stderr().contains("retrying in"),
+        "{}",
+        agent.describe(20)
+    );
+    node.start_controller(&node.policy_dir());
+    node.wait_for_snapshot_above(0, Duration::from_secs(20));
+    let out = client.curl(&[&format!("http://{ORDERS_IP}/late")]);
+    let answer = out.assert_success().json();
+    assert_eq!(peer_ip(&answer), server.gateway().to_string(), "{answer}");
+}
+
+#[test]
+fn snapshot_the_agent_cannot_apply_is_rejected_and_the_previous_state_kept() {
+    if !stoa_tests::require_root() {
+        return;
+    }
+    let s = scenario(true);
+    let version = s.applied_version();
+    // Valid for the controller, but the cgroup does not exist on this node.
+    let parent = s
+        .client
+        .cgroup_rel()
+        .rsplit_once('/')
+        .unwrap()
+        .0
+        .to_string();
+    s.node.write_policy(
+        "ghost.yaml",
+        &format!(
+            "apiVersion: gostoa.dev/v1alpha1\nkind: Workload\nmetadata: {{name: ghost, namespace: shop}}\nspec: {{cgroup: {parent}/ghost}}\n"
+        ),
+    );
+    assert!(
+        s.agent
+            .wait_for_output("cannot apply snapshot", Duration::from_secs(10)),
+        "{}",
+        s.agent.describe(20)
+    );
+    assert!(
+        s.agent.stderr().contains("ghost"),
+        "{}",
+        s.agent.describe(20)
+    );
+    assert_eq!(s.metric("stoa_agent_snapshot_rejections_total"), 1.0);
+    assert_eq!(s.applied_version(), version);
+    let answer = s.get_json(&[&format!("http://{ORDERS_IP}/still")]);
+    assert_eq!(peer_ip(&answer), s.server.gateway().to_string(), "{answer}");
 }
