@@ -12,7 +12,12 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 use tracing::{error, info, warn};
 
-use crate::{datapath::Datapath, snapshot::DesiredState, tables::ProxyTables};
+use crate::{
+    datapath::Datapath,
+    policy::{CompiledPolicy, JwksRegistry},
+    snapshot::DesiredState,
+    tables::ProxyTables,
+};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -24,6 +29,7 @@ pub struct ControlLoop {
     state_dir: Option<PathBuf>,
     datapath: Arc<Mutex<Datapath>>,
     tables: Arc<ProxyTables>,
+    jwks: Arc<JwksRegistry>,
 }
 
 impl ControlLoop {
@@ -33,6 +39,7 @@ impl ControlLoop {
         state_dir: Option<PathBuf>,
         datapath: Datapath,
         tables: Arc<ProxyTables>,
+        jwks: Arc<JwksRegistry>,
     ) -> Self {
         Self {
             controller,
@@ -40,6 +47,7 @@ impl ControlLoop {
             state_dir,
             datapath: Arc::new(Mutex::new(datapath)),
             tables,
+            jwks,
         }
     }
 
@@ -122,8 +130,12 @@ impl ControlLoop {
         }
         let desired = DesiredState::from_snapshot(snapshot, datapath.cgroup_root())
             .map_err(|err| err.to_string())?;
+        // Compile L7 policy before touching the kernel: a snapshot is applied whole or
+        // not at all.
+        let policy =
+            CompiledPolicy::compile(snapshot, &self.jwks).map_err(|err| err.to_string())?;
         datapath.apply(&desired).map_err(|err| err.to_string())?;
-        self.tables.replace(&desired);
+        self.tables.replace(&desired, policy);
         metrics::gauge!("stoa_agent_snapshot_version").set(desired.version as f64);
         info!(
             version = desired.version,

@@ -4,7 +4,10 @@ use std::{net::SocketAddrV4, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use stoa_agent::{control, datapath::Datapath, metrics, preflight, proxy, tables::ProxyTables};
+use stoa_agent::{
+    control, datapath::Datapath, metrics, policy::JwksRegistry, preflight, proxy,
+    quota::QuotaStore, tables::ProxyTables,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
@@ -29,6 +32,10 @@ struct Args {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// File holding the node secret that API key hashes are keyed with
+    /// (`stoa keys hash --secret-file`); without it API keys are not accepted.
+    #[arg(long)]
+    api_key_secret_file: Option<PathBuf>,
     /// Keep the last applied snapshot here and start from it when the controller is
     /// unreachable.
     #[arg(long)]
@@ -72,10 +79,39 @@ async fn run(args: Args, cgroup_root: PathBuf) -> anyhow::Result<()> {
     let peers = datapath.peer_lookup();
     datapath.spawn_counter_export(Duration::from_secs(1));
 
+    let api_key_secret = match &args.api_key_secret_file {
+        Some(path) => {
+            let content = std::fs::read(path)
+                .with_context(|| format!("reading the API key secret {}", path.display()))?;
+            let secret = stoa_keys::secret_from_file_content(&content)
+                .with_context(|| format!("API key secret {}", path.display()))?;
+            Some(Arc::<[u8]>::from(secret))
+        }
+        None => None,
+    };
     let tables = Arc::new(ProxyTables::default());
+    let quotas = QuotaStore::new();
+    let sweeper = quotas.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            sweeper.sweep();
+        }
+    });
+    let http = proxy::HttpContext::new(
+        tables.clone(),
+        quotas,
+        api_key_secret,
+        Duration::from_secs(2),
+        Duration::from_secs(90),
+    );
     let listener = proxy::bind(args.proxy_addr).await?;
     info!(addr = %args.proxy_addr, pin_path = %args.pin_path.display(), "node proxy listening");
-    let proxy_task = tokio::spawn(proxy::serve(listener, peers, tables.clone()));
+    let proxy_task = tokio::spawn(proxy::serve(listener, peers, tables.clone(), http));
+    let jwks = Arc::new(JwksRegistry::new(
+        stoa_agent::identity::jwt::jwks_http_client().context("building the JWKS client")?,
+    ));
 
     let control = control::ControlLoop::new(
         args.controller.clone(),
@@ -83,6 +119,7 @@ async fn run(args: Args, cgroup_root: PathBuf) -> anyhow::Result<()> {
         args.state_dir.clone(),
         datapath,
         tables,
+        jwks,
     );
     let (datapath_slot, control_task) = control.spawn();
 

@@ -223,7 +223,7 @@ mod tests {
                 ip: "10.96.0.10".into(),
                 port: 80,
             }],
-            proxy: None,
+            ..Default::default()
         }
     }
 

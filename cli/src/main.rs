@@ -1,4 +1,10 @@
 //! `stoa`: the operator's command line.
+
+mod keys;
+mod policy;
+
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[derive(Parser)]
@@ -6,11 +12,19 @@ use clap::Parser;
 enum Command {
     /// Print the version of this CLI.
     Version,
+    /// API keys: hash a key for a Consumer, or generate a new one.
+    #[command(subcommand)]
+    Keys(keys::Command),
+    /// Policy folders: check one before the controller serves it.
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     match Command::parse() {
         Command::Version => println!("stoa {}", env!("CARGO_PKG_VERSION")),
+        Command::Keys(command) => keys::run(command)?,
+        Command::Policy(command) => return policy::run(command),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

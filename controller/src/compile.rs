@@ -4,6 +4,11 @@
 //! them: they are derived from a hash of what they name (stable across restarts for the
 //! same policy) and remembered for the controller's lifetime (stable while it runs, even
 //! when hash collisions were resolved by probing).
+//!
+//! The L7 tables (contracts, consumers, access policies, quotas) are built in
+//! [`governance`].
+
+mod governance;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
@@ -13,6 +18,7 @@ use stoa_proto::v1;
 
 use crate::load::PolicySet;
 use crate::policy::{Labels, Protocol};
+use crate::refs::RefError;
 
 /// Upstream connect timeout sent to agents.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS: u32 = 2_000;
@@ -29,6 +35,9 @@ pub const SERVICE_ID_RANGE: Range<u32> = 1..(1 << 24);
 pub enum CompileError {
     #[error("no free id left in {range:?} for {key}")]
     IdsExhausted { range: Range<u32>, key: String },
+    /// Only for a set that did not come from the loader, which reports these.
+    #[error(transparent)]
+    Reference(#[from] RefError),
 }
 
 /// 32-bit FNV-1a: tiny, stable across Rust versions and platforms (unlike `std`'s hasher).
@@ -207,6 +216,7 @@ impl Compiler {
         }
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
+        let tables = governance::compile(set, &self.services)?;
         Ok(v1::Snapshot {
             version: 0,
             workloads,
@@ -215,13 +225,34 @@ impl Compiler {
                 upstream_connect_timeout_ms: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
                 upstream_idle_timeout_ms: DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS,
             }),
+            contracts: tables.contracts,
+            consumers: tables.consumers,
+            access_policies: tables.access_policies,
+            quotas: tables.quotas,
         })
     }
 }
 
 /// Whether two snapshots differ in anything but their version.
 pub fn same_content(a: &v1::Snapshot, b: &v1::Snapshot) -> bool {
-    a.workloads == b.workloads && a.services == b.services && a.proxy == b.proxy
+    // Destructured so that a field added to Snapshot cannot be forgotten here.
+    let v1::Snapshot {
+        version: _,
+        workloads,
+        services,
+        proxy,
+        contracts,
+        consumers,
+        access_policies,
+        quotas,
+    } = a;
+    *workloads == b.workloads
+        && *services == b.services
+        && *proxy == b.proxy
+        && *contracts == b.contracts
+        && *consumers == b.consumers
+        && *access_policies == b.access_policies
+        && *quotas == b.quotas
 }
 
 /// Snapshot versions: the wall clock in milliseconds, bumped to stay strictly increasing.

@@ -3,13 +3,22 @@
 //! Every error found is reported, each naming its file, line, column, document and
 //! field, e.g.
 //! `examples/bad.yaml:7:5: document 2 (ApiContract orders-api): spec.address: invalid IPv4 socket address "10.96.0.10"`.
+//!
+//! Three passes: parsing (types and scalars, [`policy::parse_documents`]), checks of
+//! each parsed document ([`Document::check`]), and checks across documents
+//! (`cross`: unique names and keys, references).
 
-use std::collections::HashMap;
+mod cross;
+
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::policy::{self, ApiContract, Document, ObjectKey, Position, Workload};
+use crate::policy::{
+    self, AccessPolicy, ApiContract, Consumer, Document, FieldPath, Issue, Kind, Position, Quota,
+    Workload,
+};
 
 /// A checked set of policy documents, in file-name then document order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +37,27 @@ impl PolicySet {
     pub fn contracts(&self) -> impl Iterator<Item = &ApiContract> {
         self.documents.iter().filter_map(|d| match d {
             Document::ApiContract(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    pub fn consumers(&self) -> impl Iterator<Item = &Consumer> {
+        self.documents.iter().filter_map(|d| match d {
+            Document::Consumer(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    pub fn access_policies(&self) -> impl Iterator<Item = &AccessPolicy> {
+        self.documents.iter().filter_map(|d| match d {
+            Document::AccessPolicy(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn quotas(&self) -> impl Iterator<Item = &Quota> {
+        self.documents.iter().filter_map(|d| match d {
+            Document::Quota(q) => Some(q),
             _ => None,
         })
     }
@@ -185,6 +215,65 @@ struct Located {
     doc: Document,
 }
 
+/// Where an error sorts: reading order, whichever pass found it.
+type Order = (usize, usize, Option<Position>);
+
+/// Collects errors about parsed documents, locating the fields they name.
+struct Reporter<'a> {
+    sources: &'a [(PathBuf, String)],
+    errors: Vec<(Order, PolicyError)>,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(sources: &'a [(PathBuf, String)]) -> Self {
+        Self {
+            sources,
+            errors: Vec::new(),
+        }
+    }
+
+    /// An error about field `path` of `at`, pointed at `path` or, if it is not
+    /// written, at its nearest written ancestor.
+    fn report(&mut self, at: &Located, path: &FieldPath, message: impl fmt::Display) {
+        self.issue(
+            at,
+            &Issue {
+                path: path.clone(),
+                at: None,
+                message: message.to_string(),
+            },
+        );
+    }
+
+    fn issue(&mut self, at: &Located, issue: &Issue) {
+        let (file, text) = &self.sources[at.source];
+        let position = policy::locate_nearest(text, at.index, issue.location());
+        let meta = at.doc.metadata();
+        self.errors.push((
+            (at.source, at.index, position),
+            PolicyError {
+                file: file.clone(),
+                position,
+                document: Some(DocumentRef {
+                    index: at.index,
+                    kind: Some(at.doc.kind().to_string()),
+                    name: Some(meta.name.to_string()),
+                }),
+                message: issue.to_string(),
+            },
+        ));
+    }
+
+    /// `file:line:column` of a field, to name the other side of a conflict.
+    fn place(&self, at: &Located, path: &FieldPath) -> String {
+        let (file, text) = &self.sources[at.source];
+        match policy::locate_nearest(text, at.index, path) {
+            Some(p) => format!("{}:{}:{}", file.display(), p.line, p.column),
+            None => format!("{} document {}", file.display(), at.index),
+        }
+    }
+}
+
 /// Parses and checks `(file name, content)` pairs, in the given order.
 pub fn load_sources(
     sources: impl IntoIterator<Item = (PathBuf, String)>,
@@ -192,6 +281,9 @@ pub fn load_sources(
     let sources: Vec<(PathBuf, String)> = sources.into_iter().collect();
     let mut errors = Vec::new();
     let mut docs = Vec::new();
+    // Documents that failed to parse, by (kind, name): references to them are not
+    // reported again as unknown.
+    let mut broken: HashSet<(Kind, String)> = HashSet::new();
     for (source, (file, text)) in sources.iter().enumerate() {
         for parsed in policy::parse_documents(text) {
             match parsed.result {
@@ -200,23 +292,37 @@ pub fn load_sources(
                     index: parsed.index,
                     doc,
                 }),
-                Err(err) => errors.push((
-                    (source, parsed.index),
-                    PolicyError {
-                        file: file.clone(),
-                        position: err.position,
-                        document: Some(DocumentRef {
-                            index: parsed.index,
-                            kind: parsed.kind,
-                            name: parsed.name,
-                        }),
-                        message: err.message,
-                    },
-                )),
+                Err(err) => {
+                    if let (Some(kind), Some(name)) = (&parsed.kind, &parsed.name) {
+                        if let Some(kind) = Kind::from_name(kind) {
+                            broken.insert((kind, name.clone()));
+                        }
+                    }
+                    errors.push((
+                        (source, parsed.index, err.position),
+                        PolicyError {
+                            file: file.clone(),
+                            position: err.position,
+                            document: Some(DocumentRef {
+                                index: parsed.index,
+                                kind: parsed.kind,
+                                name: parsed.name,
+                            }),
+                            message: err.message,
+                        },
+                    ))
+                }
             }
         }
     }
-    errors.extend(cross_check(&sources, &docs));
+    let mut reporter = Reporter::new(&sources);
+    for at in &docs {
+        for issue in at.doc.check() {
+            reporter.issue(at, &issue);
+        }
+    }
+    cross::check(&mut reporter, &docs, &broken);
+    errors.extend(reporter.errors);
     if errors.is_empty() {
         return Ok(PolicySet {
             documents: docs.into_iter().map(|d| d.doc).collect(),
@@ -225,91 +331,6 @@ pub fn load_sources(
     // Report in reading order, whichever check found the error.
     errors.sort_by_key(|(order, _)| *order);
     Err(PolicyErrors(errors.into_iter().map(|(_, e)| e).collect()))
-}
-
-/// Checks that span documents: unique keys, addresses and cgroups. The error goes to the
-/// later document and names where the earlier one is.
-fn cross_check(
-    sources: &[(PathBuf, String)],
-    docs: &[Located],
-) -> Vec<((usize, usize), PolicyError)> {
-    let mut errors = Vec::new();
-    let mut report = |at: &Located, field: &[&str], message: String| {
-        let (file, text) = &sources[at.source];
-        let meta = at.doc.metadata();
-        errors.push((
-            (at.source, at.index),
-            PolicyError {
-                file: file.clone(),
-                position: policy::locate(text, at.index, field),
-                document: Some(DocumentRef {
-                    index: at.index,
-                    kind: Some(at.doc.kind().to_string()),
-                    name: Some(meta.name.to_string()),
-                }),
-                message: format!("{}: {message}", field.join(".")),
-            },
-        ));
-    };
-    let place = |at: &Located, field: &[&str]| {
-        let (file, text) = &sources[at.source];
-        match policy::locate(text, at.index, field) {
-            Some(p) => format!("{}:{}:{}", file.display(), p.line, p.column),
-            None => format!("{} document {}", file.display(), at.index),
-        }
-    };
-
-    let mut keys: HashMap<ObjectKey, &Located> = HashMap::new();
-    let mut addresses = HashMap::new();
-    let mut cgroups = HashMap::new();
-    for at in docs {
-        let key = at.doc.key();
-        if let Some(first) = keys.get(&key) {
-            let name = ["metadata", "name"];
-            report(
-                at,
-                &name,
-                format!("duplicate {key}, first defined at {}", place(first, &name)),
-            );
-            continue;
-        }
-        keys.insert(key, at);
-        match &at.doc {
-            Document::ApiContract(c) => {
-                if let Some(first) = addresses.insert(c.spec.address, at) {
-                    let field = ["spec", "address"];
-                    report(
-                        at,
-                        &field,
-                        format!(
-                            "address {} is already used by {} at {}",
-                            c.spec.address,
-                            first.doc.key(),
-                            place(first, &field)
-                        ),
-                    );
-                    addresses.insert(c.spec.address, first);
-                }
-            }
-            Document::Workload(w) => {
-                if let Some(first) = cgroups.insert(w.spec.cgroup.clone(), at) {
-                    let field = ["spec", "cgroup"];
-                    report(
-                        at,
-                        &field,
-                        format!(
-                            "cgroup {} is already used by {} at {}",
-                            w.spec.cgroup,
-                            first.doc.key(),
-                            place(first, &field)
-                        ),
-                    );
-                    cgroups.insert(w.spec.cgroup.clone(), first);
-                }
-            }
-        }
-    }
-    errors
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ impl PolicySource {
             version = snapshot.version,
             workloads = snapshot.workloads.len(),
             services = snapshot.services.len(),
+            contracts = snapshot.contracts.len(),
+            consumers = snapshot.consumers.len(),
+            access_policies = snapshot.access_policies.len(),
+            quotas = snapshot.quotas.len(),
             "policy loaded"
         );
         let (tx, rx) = watch::channel(Arc::new(snapshot));
@@ -110,6 +114,10 @@ impl PolicySource {
             version,
             workloads = snapshot.workloads.len(),
             services = snapshot.services.len(),
+            contracts = snapshot.contracts.len(),
+            consumers = snapshot.consumers.len(),
+            access_policies = snapshot.access_policies.len(),
+            quotas = snapshot.quotas.len(),
             "policy changed; new snapshot"
         );
         self.tx.send_replace(Arc::new(snapshot));

@@ -20,6 +20,8 @@
 pub mod bins;
 pub mod bpffs;
 pub mod cgroup;
+pub mod http;
+pub mod issuer;
 pub mod metrics;
 pub mod netns;
 pub mod node;

@@ -1,97 +1,732 @@
-//! `protocol: http` services: HTTP/1.1 with keep-alive on both sides through hyper,
-//! upstream connections pooled per destination.
-use std::{convert::Infallible, time::Duration};
+//! `protocol: http` services. One request pipeline, in this order:
+//! identify → authorize → quota → forward → record.
+//! HTTP/1.1 (keep-alive) and HTTP/2 (h2c prior knowledge) on both sides; upstream
+//! connections pooled per destination.
+use std::{
+    convert::Infallible,
+    net::SocketAddrV4,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Limited};
 use hyper::{
-    body::Incoming,
-    header::{self, HeaderMap, HeaderName},
+    body::{Body, Incoming},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
     service::service_fn,
-    Request, Response, StatusCode, Uri,
+    Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
 };
+use stoa_keys::KeyDigest;
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::Connection;
+use super::{
+    answer::{self, QuotaState},
+    framing::{FramingVerdict, GuardedStream},
+    Connection,
+};
+use crate::{
+    identity::Principal,
+    policy::{route::NormalizedPath, AccessDecision, ContractPolicy, Decision, QuotaMode},
+    quota::QuotaStore,
+    tables::{ProxyTables, Tables},
+};
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// Limits of the inbound side.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A rejected request's body is read and dropped up to this size, so the connection
+/// stays usable; a larger one closes the connection instead.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Headers STOA sets for the upstream; a client's own copies are removed first.
+const STOA_HEADER_PREFIX: &str = "x-stoa-";
+static X_STOA_IDENTITY: HeaderName = HeaderName::from_static("x-stoa-identity");
+static X_STOA_WORKLOAD: HeaderName = HeaderName::from_static("x-stoa-workload");
+static X_STOA_CONSUMER: HeaderName = HeaderName::from_static("x-stoa-consumer");
+static X_STOA_SUBJECT: HeaderName = HeaderName::from_static("x-stoa-subject");
+static X_STOA_OPERATION: HeaderName = HeaderName::from_static("x-stoa-operation");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Everything the pipeline shares across connections.
 #[derive(Clone)]
-pub struct HttpForwarder {
-    client: Client<HttpConnector, Incoming>,
+pub struct HttpContext {
+    pub tables: Arc<ProxyTables>,
+    pub quotas: Arc<QuotaStore>,
+    /// The node secret API key hashes are keyed with; None disables API keys.
+    pub api_key_secret: Option<Arc<[u8]>>,
+    http1: Client<HttpConnector, ProxyBody>,
+    http2: Client<HttpConnector, ProxyBody>,
 }
 
-impl HttpForwarder {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+impl HttpContext {
+    pub fn new(
+        tables: Arc<ProxyTables>,
+        quotas: Arc<QuotaStore>,
+        api_key_secret: Option<Arc<[u8]>>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .http2_only(true)
             .build(connector);
-        Self { client }
-    }
-
-    async fn forward(
-        &self,
-        mut request: Request<Incoming>,
-        conn: Connection,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let uri = match Uri::try_from(format!("http://{}{}", conn.original_dst, path_and_query)) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return Ok(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                ))
-            }
-        };
-        *request.uri_mut() = uri;
-        strip_hop_by_hop(request.headers_mut());
-        let method = request.method().clone();
-        match self.client.request(request).await {
-            Ok(mut response) => {
-                strip_hop_by_hop(response.headers_mut());
-                debug!(peer = %conn.peer, dst = %conn.original_dst, %method, status = response.status().as_u16(), "forwarded");
-                metrics::counter!("stoa_proxy_http_requests_total", "outcome" => "forwarded")
-                    .increment(1);
-                Ok(response.map(|body| body.boxed()))
-            }
-            Err(err) => {
-                warn!(dst = %conn.original_dst, "upstream request failed: {err}");
-                metrics::counter!("stoa_proxy_http_requests_total", "outcome" => "upstream_error")
-                    .increment(1);
-                Ok(error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream unavailable",
-                ))
-            }
+        Self {
+            tables,
+            quotas,
+            api_key_secret,
+            http1,
+            http2,
         }
     }
 }
 
-pub async fn serve_connection(stream: TcpStream, conn: Connection, forwarder: HttpForwarder) {
+pub async fn serve_connection(stream: TcpStream, conn: Connection, ctx: HttpContext) {
     let _ = stream.set_nodelay(true);
+    let (stream, framing) = GuardedStream::new(stream);
     let service = service_fn(move |request| {
-        let forwarder = forwarder.clone();
-        async move { forwarder.forward(request, conn).await }
+        let ctx = ctx.clone();
+        let framing = framing.clone();
+        async move { Ok::<_, Infallible>(handle(request, conn, &framing, &ctx).await) }
     });
-    let result = hyper::server::conn::http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    if let Err(err) = builder
         .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(err) = result {
+        .await
+    {
         debug!(peer = %conn.peer, "http connection ended: {err}");
+    }
+}
+
+/// The access record of one request; emitted once, whatever the outcome.
+struct Record<'a> {
+    conn: &'a Connection,
+    started: Instant,
+    method: hyper::Method,
+    path: String,
+    contract: Option<Arc<ContractPolicy>>,
+    operation: Option<usize>,
+    principal: Principal,
+    decision: Decision,
+    reason: String,
+}
+
+impl Record<'_> {
+    fn emit(&self, status: StatusCode) {
+        let duration = self.started.elapsed();
+        let contract = self.contract.as_deref();
+        if let Some(contract) = contract {
+            contract.metrics.count(self.decision);
+            contract.metrics.duration.record(duration.as_secs_f64());
+        }
+        let workload = self
+            .principal
+            .workload
+            .as_ref()
+            .map(|w| format!("{}/{}", w.namespace, w.name));
+        tracing::event!(
+            target: "access",
+            tracing::Level::INFO,
+            src.identity = self.conn.identity,
+            src.ip = %self.conn.peer.ip(),
+            src.workload = workload.as_deref().unwrap_or(""),
+            consumer = self.principal.consumer.as_ref().map(|c| c.qualified.as_str()).unwrap_or(""),
+            key_id = self.principal.key_id.as_deref().unwrap_or(""),
+            jwt.sub = self.principal.jwt.as_ref().and_then(|j| j.subject.as_deref()).unwrap_or(""),
+            contract = contract.map(|c| c.name.as_str()).unwrap_or(""),
+            operation = contract.zip(self.operation).map(|(c, op)| c.operations[op].as_str()).unwrap_or(""),
+            method = %self.method,
+            path = %self.path,
+            status = status.as_u16(),
+            decision = self.decision.as_str(),
+            reason = %self.reason,
+            duration = duration.as_micros() as u64,
+            "request"
+        );
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    conn: Connection,
+    framing: &FramingVerdict,
+    ctx: &HttpContext,
+) -> Response<ProxyBody> {
+    let tables = ctx.tables.load();
+    let mut record = Record {
+        conn: &conn,
+        started: Instant::now(),
+        method: request.method().clone(),
+        path: request.uri().path().to_string(),
+        contract: tables.policy.contracts.get(&conn.service_id).cloned(),
+        operation: None,
+        principal: Principal {
+            identity: conn.identity,
+            workload: tables.policy.workloads.get(&conn.identity).cloned(),
+            ..Default::default()
+        },
+        decision: Decision::Forwarded,
+        reason: String::new(),
+    };
+    let version = request.version();
+    let response = match pipeline(request, &conn, framing, ctx, &tables, &mut record).await {
+        Ok(response) => response,
+        Err(Rejection {
+            mut response,
+            decision,
+            reason,
+            body,
+        }) => {
+            record.decision = decision;
+            record.reason = reason;
+            if let Some(body) = body {
+                if version < Version::HTTP_2 && !drain(body).await {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
+            response
+        }
+    };
+    record.emit(response.status());
+    response
+}
+
+/// A request answered by the proxy itself.
+struct Rejection {
+    response: Response<ProxyBody>,
+    decision: Decision,
+    reason: String,
+    /// The unread request body, drained (or the connection closed) before answering.
+    body: Option<Incoming>,
+}
+
+fn reject(
+    status: StatusCode,
+    decision: Decision,
+    slug: &str,
+    reason: impl Into<String>,
+    body: Option<Incoming>,
+) -> Rejection {
+    let reason = reason.into();
+    Rejection {
+        response: answer::problem(status, slug, &reason),
+        decision,
+        reason,
+        body,
+    }
+}
+
+async fn pipeline(
+    request: Request<Incoming>,
+    conn: &Connection,
+    framing: &FramingVerdict,
+    ctx: &HttpContext,
+    tables: &Tables,
+    record: &mut Record<'_>,
+) -> Result<Response<ProxyBody>, Rejection> {
+    let (mut parts, body) = request.into_parts();
+
+    // Framing and header hygiene first: nothing ambiguous is interpreted further.
+    // hyper drops a Content-Length that comes with Transfer-Encoding, so the guard in
+    // front of its parser is what saw both.
+    if framing.is_ambiguous() {
+        // Read what hyper took for the body, so closing does not reset the connection
+        // before the client has read the answer; then close: the extent was ambiguous.
+        let _ = drain(body).await;
+        let mut rejection = reject(
+            StatusCode::BAD_REQUEST,
+            Decision::Invalid,
+            "ambiguous-framing",
+            "Content-Length and Transfer-Encoding together",
+            None,
+        );
+        rejection
+            .response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(rejection);
+    }
+    if parts.headers.values().any(|value| {
+        value
+            .as_bytes()
+            .iter()
+            .any(|b| matches!(b, b'\0' | b'\r' | b'\n'))
+    }) {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            Decision::Invalid,
+            "invalid-header",
+            "a header value holds NUL, CR or LF",
+            Some(body),
+        ));
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    strip_stoa_headers(&mut parts.headers);
+
+    let path = match NormalizedPath::parse(parts.uri.path()) {
+        Ok(path) => path,
+        Err(err) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                Decision::Invalid,
+                "invalid-path",
+                err.to_string(),
+                Some(body),
+            ))
+        }
+    };
+    let forward_path = path.to_forward_path();
+    record.path.clone_from(&forward_path);
+
+    let Some(contract) = record.contract.clone() else {
+        // A service without L7 governance (e.g. just removed): carry the request.
+        return forward(parts, body, conn, ctx, &forward_path, None, &[], record).await;
+    };
+
+    let max_body = contract.max_request_body;
+    if body.size_hint().lower() > max_body {
+        return Err(reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Decision::TooLarge,
+            "body-too-large",
+            format!("the request body exceeds {max_body} bytes"),
+            None,
+        ));
+    }
+
+    // Identify.
+    if let Err(rejection) = identify(&mut parts, &contract, ctx, tables, record).await {
+        return Err(Rejection {
+            body: Some(body),
+            ..rejection
+        });
+    }
+
+    // Authorize.
+    if !contract.is_observe_only() {
+        match contract.routes.match_request(&parts.method, &path) {
+            Some(operation) => {
+                record.operation = Some(operation);
+                if let AccessDecision::Denied(reason) =
+                    contract.authorize(operation, &record.principal)
+                {
+                    return Err(reject(
+                        StatusCode::FORBIDDEN,
+                        Decision::Denied,
+                        "access-denied",
+                        format!("{}: {reason}", contract.operations[operation]),
+                        Some(body),
+                    ));
+                }
+            }
+            None if contract.pass_unmatched_routes => {}
+            None => {
+                return Err(reject(
+                    StatusCode::NOT_FOUND,
+                    Decision::NotFound,
+                    "no-such-operation",
+                    format!(
+                        "{} {} matches no operation of {}",
+                        parts.method, forward_path, contract.name
+                    ),
+                    Some(body),
+                ))
+            }
+        }
+    }
+
+    // Quota.
+    let principal_key = record.principal.quota_key();
+    let mut applied: Vec<QuotaState<'_>> = Vec::new();
+    for quota in &contract.quotas {
+        if !quota.applies(record.operation, &record.principal) {
+            continue;
+        }
+        let outcome = ctx
+            .quotas
+            .check((quota.cell_id, principal_key), &quota.limit);
+        let state = QuotaState {
+            name: &quota.name,
+            requests: quota.limit.requests,
+            window_seconds: quota.limit.period.as_secs(),
+            outcome,
+        };
+        if !outcome.allowed {
+            match quota.mode {
+                QuotaMode::Enforce => {
+                    let mut rejection = reject(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Decision::RateLimited,
+                        "quota-exceeded",
+                        format!("quota {} exceeded", quota.name),
+                        Some(body),
+                    );
+                    let headers = rejection.response.headers_mut();
+                    headers.insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(answer::retry_after_seconds(&outcome)),
+                    );
+                    answer::add_ratelimit_fields(headers, &[state]);
+                    return Err(rejection);
+                }
+                QuotaMode::ReportOnly => {
+                    contract.metrics.quota_would_limit.increment(1);
+                    record.reason = format!("quota {} exceeded (report only)", quota.name);
+                }
+            }
+        }
+        if quota.mode == QuotaMode::Enforce {
+            applied.push(state);
+        }
+    }
+
+    // Forward (and record, in `handle`).
+    let stoa_headers = upstream_identity_headers(&contract, record);
+    let result = forward(
+        parts,
+        body,
+        conn,
+        ctx,
+        &forward_path,
+        Some(max_body),
+        &stoa_headers,
+        record,
+    )
+    .await;
+    result.map(|mut response| {
+        answer::add_ratelimit_fields(response.headers_mut(), &applied);
+        response
+    })
+}
+
+async fn identify(
+    parts: &mut hyper::http::request::Parts,
+    contract: &ContractPolicy,
+    ctx: &HttpContext,
+    tables: &Tables,
+    record: &mut Record<'_>,
+) -> Result<(), Rejection> {
+    let unauthenticated = |reason: String, challenge: Vec<String>| {
+        let mut rejection = reject(
+            StatusCode::UNAUTHORIZED,
+            Decision::Unauthenticated,
+            "unauthenticated",
+            reason,
+            None,
+        );
+        for value in challenge {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                rejection
+                    .response
+                    .headers_mut()
+                    .append(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        rejection
+    };
+    let api_key_challenge = |source: &crate::policy::ApiKeySource| {
+        let header = source.header.as_ref().map(|h| h.as_str()).unwrap_or("");
+        format!("ApiKey realm=\"{}\", header=\"{header}\"", contract.name)
+    };
+
+    if let Some(source) = &contract.api_key {
+        if let Some(key) = take_api_key(parts, source) {
+            let Some(secret) = &ctx.api_key_secret else {
+                return Err(unauthenticated(
+                    "API keys are not configured on this node".into(),
+                    vec![api_key_challenge(source)],
+                ));
+            };
+            let digest = KeyDigest::compute(secret, &key);
+            return match tables.policy.api_keys.get(&digest) {
+                Some((consumer, key_id)) => {
+                    record.principal.consumer = Some(consumer.clone());
+                    record.principal.key_id = Some(key_id.clone());
+                    Ok(())
+                }
+                None => Err(unauthenticated(
+                    "the API key is not valid".into(),
+                    vec![api_key_challenge(source)],
+                )),
+            };
+        }
+    }
+    if let Some(verifier) = &contract.jwt {
+        if let Some(token) = take_bearer(parts) {
+            return match verifier.verify(&token).await {
+                Ok(jwt) => {
+                    record.principal.jwt = Some(Arc::new(jwt));
+                    Ok(())
+                }
+                Err(err) => Err(unauthenticated(
+                    format!("the bearer token is not valid: {err}"),
+                    vec![format!(
+                        "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{err}\"",
+                        contract.name
+                    )],
+                )),
+            };
+        }
+    }
+    if contract.requires_credential() {
+        let mut challenges = Vec::new();
+        if contract.jwt.is_some() {
+            challenges.push(format!("Bearer realm=\"{}\"", contract.name));
+        }
+        if let Some(source) = &contract.api_key {
+            challenges.push(api_key_challenge(source));
+        }
+        return Err(unauthenticated(
+            "credentials are required".into(),
+            challenges,
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the API key out of the request so it never reaches the upstream.
+fn take_api_key(
+    parts: &mut hyper::http::request::Parts,
+    source: &crate::policy::ApiKeySource,
+) -> Option<String> {
+    if let Some(header) = &source.header {
+        if let Some(value) = parts.headers.remove(header) {
+            return value.to_str().ok().map(str::to_owned);
+        }
+    }
+    let param = source.query_param.as_deref()?;
+    let query = parts.uri.query()?;
+    let mut key = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            if name == param && key.is_none() {
+                key = pair.split_once('=').map(|(_, v)| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                });
+                return false;
+            }
+            true
+        })
+        .collect();
+    let key = key?;
+    let path = parts.uri.path();
+    let rebuilt = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    if let Ok(uri) = rebuilt.parse::<Uri>() {
+        parts.uri = uri;
+    }
+    Some(key)
+}
+
+/// Takes a bearer token; the client's token is never forwarded upstream.
+fn take_bearer(parts: &mut hyper::http::request::Parts) -> Option<String> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim().to_string();
+    parts.headers.remove(header::AUTHORIZATION);
+    Some(token)
+}
+
+fn upstream_identity_headers(
+    contract: &ContractPolicy,
+    record: &Record<'_>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let principal = &record.principal;
+    let mut headers = vec![(
+        X_STOA_IDENTITY.clone(),
+        HeaderValue::from(principal.identity),
+    )];
+    let mut push = |name: &HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.push((name.clone(), value));
+        }
+    };
+    if let Some(workload) = &principal.workload {
+        push(
+            &X_STOA_WORKLOAD,
+            &format!("{}/{}", workload.namespace, workload.name),
+        );
+    }
+    if let Some(consumer) = &principal.consumer {
+        push(&X_STOA_CONSUMER, &consumer.qualified);
+    }
+    if let Some(subject) = principal.jwt.as_ref().and_then(|j| j.subject.as_deref()) {
+        push(&X_STOA_SUBJECT, subject);
+    }
+    if let Some(operation) = record.operation {
+        push(&X_STOA_OPERATION, &contract.operations[operation]);
+    }
+    headers
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut parts: hyper::http::request::Parts,
+    body: Incoming,
+    conn: &Connection,
+    ctx: &HttpContext,
+    forward_path: &str,
+    max_body: Option<u64>,
+    stoa_headers: &[(HeaderName, HeaderValue)],
+    record: &mut Record<'_>,
+) -> Result<Response<ProxyBody>, Rejection> {
+    let target = match parts.uri.query() {
+        Some(query) => format!("http://{}{forward_path}?{query}", conn.original_dst),
+        None => format!("http://{}{forward_path}", conn.original_dst),
+    };
+    parts.uri = target.parse().map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            Decision::Invalid,
+            "invalid-target",
+            "the request target cannot be forwarded",
+            None,
+        )
+    })?;
+    append_forwarded(&mut parts.headers, conn.peer, conn.original_dst);
+    for (name, value) in stoa_headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    let use_http2 = parts.version == Version::HTTP_2;
+    if !use_http2 {
+        parts.version = Version::HTTP_11;
+    }
+    let body: ProxyBody = match max_body {
+        Some(limit) => Limited::new(body, limit as usize).boxed(),
+        None => body.map_err(|err| Box::new(err) as BoxError).boxed(),
+    };
+    let request = Request::from_parts(parts, body);
+    let client = if use_http2 { &ctx.http2 } else { &ctx.http1 };
+    let response = tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, client.request(request)).await;
+    match response {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            record.decision = Decision::Forwarded;
+            Ok(Response::from_parts(
+                parts,
+                body.map_err(|err| Box::new(err) as BoxError).boxed(),
+            ))
+        }
+        Ok(Err(err)) => {
+            if is_body_too_large(&err) {
+                return Err(reject(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Decision::TooLarge,
+                    "body-too-large",
+                    "the request body exceeds the contract's limit",
+                    None,
+                ));
+            }
+            Err(reject(
+                StatusCode::BAD_GATEWAY,
+                Decision::UpstreamError,
+                "upstream-unavailable",
+                format!("upstream {} failed: {err}", conn.original_dst),
+                None,
+            ))
+        }
+        Err(_) => Err(reject(
+            StatusCode::GATEWAY_TIMEOUT,
+            Decision::UpstreamError,
+            "upstream-timeout",
+            format!("upstream {} did not answer in time", conn.original_dst),
+            None,
+        )),
+    }
+}
+
+fn is_body_too_large(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Reads and drops a small rejected body so the connection can carry the next
+/// request; false when the connection should be closed instead.
+async fn drain(body: Incoming) -> bool {
+    if body.is_end_stream() {
+        return true;
+    }
+    let limited = Limited::new(body, DRAIN_LIMIT as usize);
+    matches!(
+        tokio::time::timeout(DRAIN_TIMEOUT, limited.collect()).await,
+        Ok(Ok(_))
+    )
+}
+
+fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddrV4, original_dst: SocketAddrV4) {
+    let client_ip = peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {client_ip}"),
+        None => client_ip.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let element = format!("for={client_ip};host=\"{original_dst}\";proto=http");
+    if let Ok(value) = HeaderValue::from_str(&element) {
+        headers.append(FORWARDED.clone(), value);
+    }
+}
+
+fn strip_stoa_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(STOA_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
     }
 }
 
@@ -123,19 +758,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
-    let body = Full::new(Bytes::from_static(message.as_bytes()))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +776,45 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn spoofed_stoa_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-stoa-consumer", "shop/admin".parse().unwrap());
+        headers.insert("X-Stoa-Identity", "1".parse().unwrap());
+        headers.insert("x-other", "kept".parse().unwrap());
+        strip_stoa_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_client() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_FORWARDED_FOR, "192.0.2.1".parse().unwrap());
+        append_forwarded(
+            &mut headers,
+            "10.1.1.2:40000".parse().unwrap(),
+            "10.96.0.10:80".parse().unwrap(),
+        );
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.1, 10.1.1.2");
+        assert_eq!(
+            headers[&FORWARDED],
+            "for=10.1.1.2;host=\"10.96.0.10:80\";proto=http"
+        );
+    }
+
+    #[test]
+    fn api_keys_are_taken_from_the_query_and_removed() {
+        let request = Request::get("/orders?a=1&api_key=k%2D1&b=2")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        let source = crate::policy::ApiKeySource {
+            header: Some(HeaderName::from_static("x-api-key")),
+            query_param: Some("api_key".into()),
+        };
+        assert_eq!(take_api_key(&mut parts, &source).as_deref(), Some("k-1"));
+        assert_eq!(parts.uri, "/orders?a=1&b=2");
     }
 }

@@ -1,6 +1,8 @@
 //! The node proxy. Every connection it accepts must carry a redirect record written by
 //! the kernel programs; anything else is refused, so the proxy is never an open relay.
-mod http;
+mod answer;
+mod framing;
+pub mod http;
 mod tcp;
 
 use std::{
@@ -14,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::{datapath::PeerLookup, snapshot::ServiceProtocol, tables::ProxyTables};
 
-pub use http::HttpForwarder;
+pub use http::HttpContext;
 
 /// What the proxy knows about one redirected connection.
 #[derive(Debug, Clone, Copy)]
@@ -37,9 +39,9 @@ pub async fn serve(
     listener: TcpListener,
     peers: Arc<PeerLookup>,
     tables: Arc<ProxyTables>,
+    http: HttpContext,
 ) -> std::io::Result<()> {
     let own_addr = listener.local_addr()?;
-    let forwarder = HttpForwarder::new(Duration::from_secs(2), Duration::from_secs(90));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -75,12 +77,10 @@ pub async fn serve(
             .get(&conn.service_id)
             .map(|service| service.protocol);
         debug!(peer = %conn.peer, dst = %conn.original_dst, identity = conn.identity, ?protocol, "accepted");
-        let forwarder = forwarder.clone();
+        let http = http.clone();
         tokio::spawn(async move {
             match protocol {
-                Some(ServiceProtocol::Http) => {
-                    http::serve_connection(stream, conn, forwarder).await
-                }
+                Some(ServiceProtocol::Http) => http::serve_connection(stream, conn, http).await,
                 // A service removed between connect() and accept() was governed when the
                 // client connected: carry its bytes rather than break the connection.
                 Some(ServiceProtocol::Tcp) | None => tcp::splice(stream, conn).await,

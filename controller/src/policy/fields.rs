@@ -10,14 +10,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddrV4;
-use std::ops::Deref;
+use std::num::NonZeroU64;
 use std::str::FromStr;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 /// A string type whose values are checked by `validate`.
-trait Validated: Sized {
+pub(crate) trait Validated: Sized {
     /// What the value must be, for serde's "invalid type" errors.
     const EXPECTING: &'static str;
     fn validate(value: &str) -> Result<Self, String>;
@@ -37,13 +37,21 @@ impl<T: Validated> Visitor<'_> for ValidatedVisitor<T> {
     }
 }
 
-fn deserialize_validated<'de, D: Deserializer<'de>, T: Validated>(d: D) -> Result<T, D::Error> {
+pub(crate) fn deserialize_validated<'de, D: Deserializer<'de>, T: Validated>(
+    d: D,
+) -> Result<T, D::Error> {
     d.deserialize_str(ValidatedVisitor(PhantomData))
 }
 
-/// Declares a validated string newtype with the usual accessors.
+/// Declares a validated string newtype with the usual accessors. With a fourth
+/// argument, the value is normalized (e.g. upper-cased) before it is checked.
 macro_rules! validated_string {
     ($(#[$meta:meta])* $name:ident, $expecting:literal, $check:path) => {
+        $crate::policy::fields::validated_string!(
+            $(#[$meta])* $name, $expecting, $check, ::std::convert::identity
+        );
+    };
+    ($(#[$meta:meta])* $name:ident, $expecting:literal, $check:path, $normalize:path) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -51,7 +59,7 @@ macro_rules! validated_string {
         impl $name {
             /// Checks `value` with the same rules as the YAML loader.
             pub fn new(value: impl Into<String>) -> Result<Self, String> {
-                let value = value.into();
+                let value: String = $normalize(value.into());
                 $check(&value)?;
                 Ok(Self(value))
             }
@@ -61,20 +69,20 @@ macro_rules! validated_string {
             }
         }
 
-        impl Validated for $name {
+        impl $crate::policy::fields::Validated for $name {
             const EXPECTING: &'static str = $expecting;
             fn validate(value: &str) -> Result<Self, String> {
                 Self::new(value)
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                deserialize_validated(d)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::policy::fields::deserialize_validated(d)
             }
         }
 
-        impl Deref for $name {
+        impl ::std::ops::Deref for $name {
             type Target = str;
             fn deref(&self) -> &str {
                 &self.0
@@ -87,8 +95,8 @@ macro_rules! validated_string {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter) -> ::std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
@@ -100,6 +108,7 @@ macro_rules! validated_string {
         }
     };
 }
+pub(crate) use validated_string;
 
 validated_string!(
     /// An object name: a DNS-1123 subdomain, as in Kubernetes (`orders-api`).
@@ -144,6 +153,21 @@ validated_string!(
     check_label_value
 );
 
+validated_string!(
+    /// A plan name (`gold`): up to 63 letters, digits, `-`, `_`, `.`.
+    PlanName,
+    "a plan name",
+    check_plan_name
+);
+
+validated_string!(
+    /// Free text from another system (a JWT issuer, audience, group or claim): not
+    /// empty, at most 1024 bytes, no control characters.
+    Text,
+    "a non-empty string",
+    check_text
+);
+
 impl Default for Namespace {
     fn default() -> Self {
         Self("default".to_owned())
@@ -163,30 +187,57 @@ pub struct Labels(pub BTreeMap<LabelKey, LabelValue>);
 
 impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct LabelsVisitor;
-        impl<'de> Visitor<'de> for LabelsVisitor {
-            type Value = Labels;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a mapping of label keys to values")
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
-                let mut labels = BTreeMap::new();
-                while let Some((key, value)) = map.next_entry::<LabelKey, LabelValue>()? {
-                    match labels.entry(key) {
-                        Entry::Vacant(slot) => {
-                            slot.insert(value);
-                        }
-                        Entry::Occupied(slot) => {
-                            let msg = format!("duplicate label key \"{}\"", slot.key());
-                            return Err(de::Error::custom(msg));
-                        }
+        deserialize_unique_map(d, "a mapping of label keys to values", "label key").map(Labels)
+    }
+}
+
+/// A mapping in which a key written twice is an error naming the key (`what` says what
+/// a key is, e.g. "label key"), not "last one wins".
+pub(crate) fn deserialize_unique_map<'de, D, K, V>(
+    d: D,
+    expecting: &'static str,
+    what: &'static str,
+) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Ord + fmt::Display,
+    V: Deserialize<'de>,
+{
+    struct MapVisitor<K, V> {
+        expecting: &'static str,
+        what: &'static str,
+        marker: PhantomData<(K, V)>,
+    }
+    impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
+    where
+        K: Deserialize<'de> + Ord + fmt::Display,
+        V: Deserialize<'de>,
+    {
+        type Value = BTreeMap<K, V>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<K, V>()? {
+                match entries.entry(key) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                    Entry::Occupied(slot) => {
+                        let msg = format!("duplicate {} \"{}\"", self.what, slot.key());
+                        return Err(de::Error::custom(msg));
                     }
                 }
-                Ok(Labels(labels))
             }
+            Ok(entries)
         }
-        d.deserialize_map(LabelsVisitor)
     }
+    d.deserialize_map(MapVisitor {
+        expecting,
+        what,
+        marker: PhantomData,
+    })
 }
 
 impl Labels {
@@ -241,6 +292,102 @@ impl<'de> Deserialize<'de> for Address {
 }
 
 impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A reference to another object by name: `NAME` (in the referring object's
+/// namespace) or `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: Option<Namespace>,
+    pub name: Name,
+}
+
+impl ObjectRef {
+    pub fn new(value: &str) -> Result<Self, String> {
+        let (namespace, name) = match value.split_once('/') {
+            Some((namespace, name)) => (Some(namespace), name),
+            None => (None, value),
+        };
+        let namespace = namespace
+            .map(Namespace::new)
+            .transpose()
+            .map_err(|e| format!("invalid reference {value:?}: namespace {e}"))?;
+        let name = Name::new(name).map_err(|e| format!("invalid reference {value:?}: name {e}"))?;
+        Ok(Self { namespace, name })
+    }
+
+    /// The namespace referred to, given the referring object's.
+    pub fn namespace_or<'a>(&'a self, own: &'a Namespace) -> &'a Namespace {
+        self.namespace.as_ref().unwrap_or(own)
+    }
+}
+
+impl Validated for ObjectRef {
+    const EXPECTING: &'static str = "an object name or namespace/name";
+    fn validate(value: &str) -> Result<Self, String> {
+        Self::new(value)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_validated(d)
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{namespace}/{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// An integer greater than 0 (a limit, a size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PositiveU64(NonZeroU64);
+
+impl PositiveU64 {
+    pub fn new(value: u64) -> Option<Self> {
+        NonZeroU64::new(value).map(Self)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl<'de> Deserialize<'de> for PositiveU64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Checked inside the visitor so that the error carries the value's position.
+        struct PositiveVisitor;
+        impl Visitor<'_> for PositiveVisitor {
+            type Value = PositiveU64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer greater than 0")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<PositiveU64, E> {
+                PositiveU64::new(value)
+                    .ok_or_else(|| E::custom("must be an integer greater than 0, not 0"))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<PositiveU64, E> {
+                match u64::try_from(value) {
+                    Ok(value) => self.visit_u64(value),
+                    Err(_) => Err(E::custom(format!(
+                        "must be an integer greater than 0, not {value}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_u64(PositiveVisitor)
+    }
+}
+
+impl fmt::Display for PositiveU64 {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         self.0.fmt(f)
     }
@@ -344,6 +491,49 @@ fn check_label_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn check_plan_name(value: &str) -> Result<(), String> {
+    if !is_qualified_name(value) {
+        return Err(format!(
+            "invalid plan name {value:?} (up to 63 letters, digits, '-', '_', '.', \
+             starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if value.len() > 1024 {
+        return Err(format!("must be at most 1024 bytes, not {}", value.len()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{value:?} contains a control character"));
+    }
+    Ok(())
+}
+
+/// An identifier of something inside an object (an operation id, an API key id):
+/// 1 to 63 letters, digits, `-`, `_`, `.`, starting with a letter and ending with a
+/// letter or digit, so both `list-orders` and `listOrders` work.
+pub(crate) fn check_identifier(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_alphabetic())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(format!(
+            "{value:?} is not a valid identifier (1 to 63 letters, digits, '-', '_', '.', \
+             starting with a letter and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +580,49 @@ mod tests {
         assert!(Address::new("10.96.0.10")
             .unwrap_err()
             .starts_with("invalid IPv4 socket address \"10.96.0.10\""));
+    }
+
+    #[test]
+    fn object_refs() {
+        let local = ObjectRef::new("orders-api").unwrap();
+        assert_eq!(local.namespace, None);
+        assert_eq!(local.to_string(), "orders-api");
+        let own = Namespace::new("shop").unwrap();
+        assert_eq!(local.namespace_or(&own).as_str(), "shop");
+        let qualified = ObjectRef::new("other/orders-api").unwrap();
+        assert_eq!(qualified.namespace_or(&own).as_str(), "other");
+        assert_eq!(qualified.to_string(), "other/orders-api");
+        for bad in ["", "/x", "x/", "a/b/c", "Orders", "sh.op/x"] {
+            assert!(ObjectRef::new(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn identifiers_and_text() {
+        for ok in ["listOrders", "list-orders", "get_order.v2", "a"] {
+            assert!(check_identifier(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1st", "-x", "x-", "list orders", "a/b", &"a".repeat(64)] {
+            assert!(check_identifier(bad).is_err(), "{bad} accepted");
+        }
+        assert!(Text::new("https://sso.example/realms/shop").is_ok());
+        assert!(Text::new("").is_err());
+        assert!(Text::new("a\nb").is_err());
+        assert!(PlanName::new("gold").is_ok());
+        assert!(PlanName::new("gold plan").is_err());
+    }
+
+    #[test]
+    fn positive_integers() {
+        let parse = |yaml: &str| serde_yaml::from_str::<PositiveU64>(yaml).map(PositiveU64::get);
+        assert_eq!(parse("5").unwrap(), 5);
+        for bad in ["0", "-3", "1.5", "\"5\"", "~"] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse("0")
+            .unwrap_err()
+            .to_string()
+            .contains("greater than 0"));
     }
 
     #[test]

@@ -4,22 +4,45 @@
 //! `kind`. All structs deny unknown fields and validate their scalars while
 //! deserializing, so serde_yaml reports the line, column and field path of any mistake.
 //!
+//! What parsing cannot see within one document (duplicates, a field that needs
+//! another) is found by [`Spec::check`]; what spans documents (references, unique
+//! names) by the loader.
+//!
 //! Adding a kind: write its spec type in its own module, implement [`Spec`], add a
 //! [`Kind`] variant and a [`Document`] variant, and one arm in `parse_typed`.
 
+mod access;
+mod consumer;
 mod contract;
 mod fields;
+mod http;
+mod path;
+mod quota;
+mod subject;
 mod workload;
 
 use std::fmt;
 
-use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
 
-pub use contract::{ApiContract, ApiContractSpec, Protocol};
-pub use fields::{
-    Address, CgroupPath, LabelKey, LabelValue, Labels, Name, Namespace, ServiceAccountName,
+pub use access::{AccessPolicy, AccessPolicySpec, Grant};
+pub use consumer::{ApiKeyEntry, ApiKeyHash, ApiKeyId, Consumer, ConsumerSpec};
+pub use contract::{
+    ApiContract, ApiContractSpec, ApiKeySettings, CredentialKind, JwtSettings, Operation, Protocol,
+    UnmatchedRoutes, DEFAULT_API_KEY_HEADER, DEFAULT_GROUPS_CLAIM,
 };
+pub use fields::{
+    Address, CgroupPath, LabelKey, LabelValue, Labels, Name, Namespace, ObjectRef, PlanName,
+    PositiveU64, ServiceAccountName, Text,
+};
+pub use http::{
+    HeaderName, HttpMethod, HttpUrl, JwtAlgorithm, OperationId, PathTemplate, QueryParamName,
+    TemplateSegment,
+};
+pub use path::{locate, locate_nearest, FieldPath, Issue, Issues, PathSegment};
+pub use quota::{Limit, Period, Quota, QuotaMode, QuotaScope, QuotaSpec};
+pub use subject::{ConsumerSelector, JwtSelector, Subject, WorkloadSelector};
 pub use workload::{Workload, WorkloadSpec};
 
 /// The only `apiVersion` understood so far.
@@ -36,15 +59,27 @@ pub enum ApiVersion {
 pub enum Kind {
     Workload,
     ApiContract,
+    Consumer,
+    AccessPolicy,
+    Quota,
 }
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::Workload, Kind::ApiContract];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Workload,
+        Kind::ApiContract,
+        Kind::Consumer,
+        Kind::AccessPolicy,
+        Kind::Quota,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Workload => "Workload",
             Kind::ApiContract => "ApiContract",
+            Kind::Consumer => "Consumer",
+            Kind::AccessPolicy => "AccessPolicy",
+            Kind::Quota => "Quota",
         }
     }
 
@@ -62,6 +97,9 @@ impl fmt::Display for Kind {
 /// A kind's `spec` type.
 pub trait Spec: DeserializeOwned {
     const KIND: Kind;
+
+    /// Reports what parsing cannot see within the spec; paths start at `spec`.
+    fn check(&self, _issues: &mut Issues) {}
 }
 
 /// One policy document: the envelope shared by all kinds, with a kind-specific spec.
@@ -94,6 +132,9 @@ pub struct ObjectMeta {
 pub enum Document {
     Workload(Workload),
     ApiContract(ApiContract),
+    Consumer(Consumer),
+    AccessPolicy(AccessPolicy),
+    Quota(Quota),
 }
 
 impl Document {
@@ -101,6 +142,9 @@ impl Document {
         match self {
             Document::Workload(_) => Kind::Workload,
             Document::ApiContract(_) => Kind::ApiContract,
+            Document::Consumer(_) => Kind::Consumer,
+            Document::AccessPolicy(_) => Kind::AccessPolicy,
+            Document::Quota(_) => Kind::Quota,
         }
     }
 
@@ -108,7 +152,23 @@ impl Document {
         match self {
             Document::Workload(o) => &o.metadata,
             Document::ApiContract(o) => &o.metadata,
+            Document::Consumer(o) => &o.metadata,
+            Document::AccessPolicy(o) => &o.metadata,
+            Document::Quota(o) => &o.metadata,
         }
+    }
+
+    /// The issues [`Spec::check`] finds in this document.
+    pub fn check(&self) -> Vec<Issue> {
+        let mut issues = Issues::default();
+        match self {
+            Document::Workload(o) => o.spec.check(&mut issues),
+            Document::ApiContract(o) => o.spec.check(&mut issues),
+            Document::Consumer(o) => o.spec.check(&mut issues),
+            Document::AccessPolicy(o) => o.spec.check(&mut issues),
+            Document::Quota(o) => o.spec.check(&mut issues),
+        }
+        issues.0
     }
 
     /// (kind, namespace, name): unique within a policy set.
@@ -323,75 +383,15 @@ fn parse_typed(doc: serde_yaml::Deserializer, kind: Option<Kind>) -> serde_yaml:
     match kind {
         Some(Kind::Workload) => Workload::deserialize(doc).map(Document::Workload),
         Some(Kind::ApiContract) => ApiContract::deserialize(doc).map(Document::ApiContract),
+        Some(Kind::Consumer) => Consumer::deserialize(doc).map(Document::Consumer),
+        Some(Kind::AccessPolicy) => AccessPolicy::deserialize(doc).map(Document::AccessPolicy),
+        Some(Kind::Quota) => Quota::deserialize(doc).map(Document::Quota),
         None => {
             // No usable kind: deserializing the envelope reports where and why (missing
             // field, unknown variant) along with any other envelope error.
             Object::<IgnoredAny>::deserialize(doc)?;
             Err(de::Error::custom("kind: unknown kind"))
         }
-    }
-}
-
-/// Position of the value at `path` (mapping keys) in document `index` (1-based) of
-/// `text`, e.g. `["spec", "address"]`. Used to point cross-document errors at the field.
-pub fn locate(text: &str, index: usize, path: &[&str]) -> Option<Position> {
-    let doc = serde_yaml::Deserializer::from_str(text).nth(index.checked_sub(1)?)?;
-    // The probe fails on purpose at the target value; serde_yaml stamps that error with
-    // the value's position, which is the only way to get positions out of serde_yaml.
-    match Probe(path).deserialize(doc) {
-        Err(err) if err.to_string().contains(PROBE) => err.location().map(|l| Position {
-            line: l.line(),
-            column: l.column(),
-        }),
-        _ => None,
-    }
-}
-
-const PROBE: &str = "stoa-locate-probe";
-
-struct Probe<'p>(&'p [&'p str]);
-
-impl<'de> DeserializeSeed<'de> for Probe<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        match self.0.split_first() {
-            None => d.deserialize_any(Hit),
-            Some((key, rest)) => d.deserialize_map(Walk { key, rest }),
-        }
-    }
-}
-
-/// Rejects every value (serde's default visitor methods fail with "expected {PROBE}").
-struct Hit;
-
-impl Visitor<'_> for Hit {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(PROBE)
-    }
-}
-
-struct Walk<'p> {
-    key: &'p str,
-    rest: &'p [&'p str],
-}
-
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a mapping")
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<String>()? {
-            if key == self.key {
-                return map.next_value_seed(Probe(self.rest));
-            }
-            map.next_value::<IgnoredAny>()?;
-        }
-        Ok(())
     }
 }
 
@@ -588,20 +588,20 @@ spec:
     fn locates_fields() {
         let text = format!("{WORKLOAD}---\n{WORKLOAD}");
         assert_eq!(
-            locate(&text, 2, &["metadata", "name"]),
+            locate(&text, 2, &FieldPath::new("metadata.name")),
             Some(Position {
                 line: 15,
                 column: 9
             })
         );
         assert_eq!(
-            locate(&text, 1, &["spec", "cgroup"]),
+            locate(&text, 1, &FieldPath::new("spec.cgroup")),
             Some(Position {
                 line: 7,
                 column: 11
             })
         );
-        assert_eq!(locate(&text, 1, &["spec", "nope"]), None);
-        assert_eq!(locate(&text, 3, &["spec"]), None);
+        assert_eq!(locate(&text, 1, &FieldPath::new("spec.nope")), None);
+        assert_eq!(locate(&text, 3, &FieldPath::new("spec")), None);
     }
 }
