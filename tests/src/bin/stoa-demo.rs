@@ -1,10 +1,11 @@
 //! `make demo`: one simulated node on this machine, the controller and the agent in
 //! standalone mode with the policy in `examples/policy/`, and a client pod whose
-//! traffic to a governed API is redirected through the node proxy while its other
-//! traffic is left alone. Everything it creates is removed before it exits.
-use std::{path::PathBuf, time::Duration};
+//! REST calls are redirected through the node proxy and governed there: allowed,
+//! denied, authenticated by API key, rate-limited — while traffic to an address no
+//! contract names is left alone. Everything it creates is removed before it exits.
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use stoa_tests::{OutputExt, Pod, SimNode, PROXY_IP, PROXY_PORT};
+use stoa_tests::{http::HttpReply, Pod, SimNode, PROXY_IP, PROXY_PORT};
 
 const GOVERNED: &str = "10.96.0.10";
 const NOT_GOVERNED: &str = "10.96.0.11";
@@ -15,12 +16,16 @@ fn main() {
         eprintln!("stoa-demo: needs root (network namespaces, cgroups and eBPF)");
         std::process::exit(2);
     }
-    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policy");
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let examples = examples.canonicalize().unwrap_or(examples);
+    let policy = examples.join("policy");
+    let secret = examples.join("secrets/api-key-secret");
+    let partner_key = std::fs::read_to_string(examples.join("secrets/partner-portal.key"))
+        .expect("examples/secrets/partner-portal.key");
 
     println!("STOA demo: one simulated node\n");
     // The example policy names the workload's cgroup `stoa.slice/billing-agent`.
-    let node = std::sync::Arc::new(SimNode::with_cgroup_parent("stoa.slice"));
+    let node = Arc::new(SimNode::with_cgroup_parent("stoa.slice"));
     let on_signal = node.clone();
     // Ctrl-C must not leave namespaces, cgroups or processes behind.
     ctrlc::set_handler(move || {
@@ -29,85 +34,179 @@ fn main() {
         std::process::exit(130);
     })
     .expect("install the Ctrl-C handler");
+
     let client = node.add_pod("billing-agent");
     let orders = node.add_pod("orders");
     orders.add_service_ip(GOVERNED);
     orders.add_service_ip(NOT_GOVERNED);
     orders.spawn_backend("orders", "0.0.0.0:80");
     println!(
-        "  pod billing-agent  {} in cgroup {}",
+        "  pod billing-agent  {} in cgroup {} (Workload finance/billing-agent)",
         client.ip(),
         client.cgroup_rel()
     );
     println!(
-        "  pod orders         {} serving {GOVERNED}:80 and {NOT_GOVERNED}:80",
+        "  pod orders         {} serving {GOVERNED}:80 (ApiContract shop/orders-api) and {NOT_GOVERNED}:80",
         orders.ip()
     );
-
-    node.start_controller(&examples);
-    println!("  stoa-controller    policy from {}", examples.display());
-    node.start_agent(&[]);
+    node.start_controller(&policy);
+    println!("  stoa-controller    policy from {}", policy.display());
+    let agent = node.start_agent(&[
+        "--api-key-secret-file",
+        secret.to_str().expect("utf-8 path"),
+    ]);
     let version = node.wait_for_snapshot_above(0, Duration::from_secs(20));
     println!(
-        "  stoa-agent         applied snapshot {version}; eBPF connect4 + sockops on the billing-agent cgroup; proxy on {PROXY_IP}:{PROXY_PORT}\n"
+        "  stoa-agent         snapshot {version}; eBPF connect4 + sockops on the billing-agent cgroup; proxy on {PROXY_IP}:{PROXY_PORT}\n"
     );
 
-    request(
-        &node,
+    let url = format!("http://{GOVERNED}/orders");
+    step(
         &client,
-        &orders,
-        &format!("http://{GOVERNED}/orders?status=open"),
-        "ApiContract shop/orders-api governs this address",
+        "GET /orders as the billing-agent workload",
+        &[&url],
+        "allowed: AccessPolicy billing-agent-orders grants listOrders to this workload",
     );
-    request(
-        &node,
+    step(
         &client,
-        &orders,
-        &format!("http://{NOT_GOVERNED}/health"),
-        "no contract names this address",
+        "DELETE /orders/7 as the billing-agent workload",
+        &["-X", "DELETE", &format!("{url}/7")],
+        "denied: the same policy denies deleteOrder, and a deny wins",
+    );
+    step(
+        &client,
+        "POST /orders with the partner-portal API key",
+        &[
+            "-X",
+            "POST",
+            "-d",
+            "item=42",
+            "-H",
+            &format!("x-api-key: {partner_key}"),
+            &url,
+        ],
+        "allowed: the key's HMAC matches Consumer shop/partner-portal, which may createOrder",
+    );
+    step(
+        &client,
+        "GET /orders with a wrong API key",
+        &["-H", "x-api-key: stoa_not_a_real_key", &url],
+        "unauthenticated: no Consumer holds this key",
+    );
+    println!("billing-agent calls GET /orders until its quota (5 per minute) runs out:");
+    let mut statuses = Vec::new();
+    let limited = loop {
+        let reply = client.http(&[&url]);
+        statuses.push(reply.status.to_string());
+        if reply.status == 429 || statuses.len() > 10 {
+            break reply;
+        }
+    };
+    println!("  statuses: {}", statuses.join(" "));
+    show(
+        &limited,
+        "rate-limited: Quota billing-agent-list-orders is used up for now",
+    );
+
+    let direct = client.http(&[&format!("http://{NOT_GOVERNED}/health")]);
+    println!("billing-agent → GET http://{NOT_GOVERNED}/health   (no contract names this address)");
+    println!(
+        "  {} from the backend, which saw the pod itself ({}) as its peer: NOT REDIRECTED, the proxy never saw it\n",
+        direct.status,
+        direct.json()["peer"].as_str().unwrap_or("?")
     );
 
     node.wait_for_agent_metric("stoa_datapath_redirects_total", 1.0, Duration::from_secs(5));
-    println!("agent metrics (Prometheus, /metrics):");
-    for name in [
-        "stoa_datapath_workload_connects_total",
-        "stoa_datapath_redirects_total",
-        "stoa_proxy_connections_total{verdict=\"accepted\"}",
-        "stoa_proxy_http_requests_total{outcome=\"forwarded\"}",
-    ] {
-        println!("  {name} {}", node.agent_metric(name));
+    println!("flows (the agent's access records):");
+    for line in agent.stderr().lines().map(strip_ansi) {
+        if line.contains(" access: request ") {
+            println!("  {}", flow_line(&line));
+        }
     }
+    println!("\nagent metrics (Prometheus, /metrics):");
+    for decision in ["forwarded", "denied", "unauthenticated", "rate_limited"] {
+        let name = format!(
+            "stoa_http_requests_total{{contract=\"shop/orders-api\",decision=\"{decision}\"}}"
+        );
+        println!("  {name} {}", node.agent_metric(&name));
+    }
+    println!(
+        "  stoa_datapath_redirects_total {}",
+        node.agent_metric("stoa_datapath_redirects_total")
+    );
     node.cleanup();
     println!(
         "\ncleaned up: processes stopped, network namespaces, cgroups and pinned maps removed."
     );
 }
 
-fn request(node: &SimNode, client: &Pod, orders: &Pod, url: &str, why: &str) {
-    let accepted = r#"stoa_proxy_connections_total{verdict="accepted"}"#;
-    let before = node.agent_metric(accepted);
-    println!("billing-agent → GET {url}   ({why})");
-    let out = client.curl(&["-w", "\n%{http_code}", url]);
-    out.assert_success();
-    let text = out.stdout_str();
-    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, "?"));
-    let answer: serde_json::Value = serde_json::from_str(body).expect("backend JSON");
-    let peer = answer["peer"].as_str().unwrap_or("?");
-    let through_proxy = node.agent_metric(accepted) > before;
-    println!(
-        "  {status} from backend {}: it saw {} {} from {peer}",
-        answer["backend"], answer["method"], answer["path"]
-    );
-    if through_proxy {
-        println!(
-            "  REDIRECTED: the kernel rewrote connect() to the node proxy, which looked up the\n  original destination and the caller's identity and forwarded the request; the\n  backend sees the node ({}) as its peer, not the pod ({}).\n",
-            orders.gateway(),
-            client.ip()
+fn step(client: &Pod, what: &str, args: &[&str], why: &str) {
+    println!("billing-agent → {what}");
+    let reply = client.http(args);
+    show(&reply, why);
+}
+
+fn show(reply: &HttpReply, why: &str) {
+    let mut detail = String::new();
+    if reply.status < 300 {
+        let seen = reply.json();
+        detail = format!(
+            "; the backend saw {} {} from the node proxy, caller {}",
+            seen["method"].as_str().unwrap_or("?"),
+            seen["path"].as_str().unwrap_or("?"),
+            ["x-stoa-consumer", "x-stoa-workload"]
+                .iter()
+                .find_map(|h| seen["headers"][h].as_str())
+                .unwrap_or("?")
         );
-    } else {
-        println!(
-            "  NOT REDIRECTED: the address is not governed, so the connection went straight\n  from the pod ({}) to the backend; the proxy never saw it.\n",
-            client.ip()
-        );
+    } else if let Ok(problem) = serde_json::from_str::<serde_json::Value>(&reply.body) {
+        detail = format!(": {}", problem["detail"].as_str().unwrap_or(""));
     }
+    println!("  {}{detail}", reply.status);
+    for header in ["ratelimit", "retry-after", "www-authenticate"] {
+        if let Some(value) = reply.header(header) {
+            println!("  {header}: {value}");
+        }
+    }
+    println!("  → {why}\n");
+}
+
+/// The interesting fields of one access record, without timestamps and colours.
+fn flow_line(line: &str) -> String {
+    let fields = line.split(" request ").nth(1).unwrap_or(line);
+    fields
+        .split_whitespace()
+        .filter(|kv| {
+            [
+                "src.workload=",
+                "consumer=",
+                "operation=",
+                "method=",
+                "path=",
+                "status=",
+                "decision=",
+            ]
+            .iter()
+            .any(|k| kv.starts_with(k))
+        })
+        .filter(|kv| !kv.ends_with("=\"\""))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
