@@ -12,8 +12,8 @@ use std::{
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        cgroup_sock_addr::CgroupSockAddrLinkId, sock_ops::SockOpsLinkId, CgroupAttachMode,
-        CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, SockOps,
     },
     Ebpf, EbpfLoader,
 };
@@ -59,6 +59,13 @@ pub enum DatapathError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("pinning link {path}: {source}")]
+    PinLink {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("link: {}", error_chain(.0))]
+    Link(#[from] aya::programs::links::LinkError),
     #[error("opening cgroup {path}: {source}")]
     OpenCgroup {
         path: PathBuf,
@@ -78,10 +85,12 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The programs attached to one workload cgroup. The links are pinned under
+/// `<pin path>/links/`, so they keep the cgroup governed while the agent restarts or
+/// after it crashed; the next agent replaces them with its own.
 struct Attachment {
     path: PathBuf,
-    connect4: CgroupSockAddrLinkId,
-    sockops: SockOpsLinkId,
+    links: Vec<PinnedLink>,
 }
 
 /// Looks up (and consumes) the redirect record of an accepted connection.
@@ -114,6 +123,10 @@ pub struct Datapath {
     counters: Option<PerCpuArray<MapData, u64>>,
     peers: Arc<PeerLookup>,
     attached: BTreeMap<u64, Attachment>,
+    /// Links a previous agent pinned, by cgroup id; replaced or removed by the first
+    /// snapshot this agent applies.
+    inherited: BTreeMap<u64, Vec<PinnedLink>>,
+    links_dir: PathBuf,
     applied: DesiredState,
 }
 
@@ -177,11 +190,11 @@ impl Datapath {
             logger,
             cgroup_root,
             attached: BTreeMap::new(),
+            inherited: BTreeMap::new(),
+            links_dir: pin_path.join("links"),
             applied: DesiredState::default(),
         };
-        // Pinned maps outlive an agent; entries a previous run left behind are stale
-        // until the first snapshot says otherwise.
-        datapath.clear_stale_entries();
+        datapath.inherit_pinned_links();
         Ok(datapath)
     }
 
@@ -256,7 +269,7 @@ impl Datapath {
             if self.attached.contains_key(id) {
                 continue;
             }
-            match self.attach(&workload.cgroup.path) {
+            match self.attach(*id, &workload.cgroup.path) {
                 Ok(attachment) => {
                     self.attached.insert(*id, attachment);
                     newly_attached.push(*id);
@@ -286,98 +299,160 @@ impl Datapath {
                     source,
                 })?;
         }
+        // Stale entries are read from the maps themselves: after a restart they hold
+        // what the previous agent wrote.
         let stale_services: Vec<ServiceKey> = self
-            .applied
             .services
             .keys()
+            .filter_map(Result::ok)
             .filter(|key| !desired.services.contains_key(key))
-            .copied()
             .collect();
         for key in stale_services {
             let _ = self.services.remove(&key);
         }
         let stale_workloads: Vec<u64> = self
-            .attached
+            .workloads
             .keys()
+            .filter_map(Result::ok)
             .filter(|id| !desired.workloads.contains_key(id))
-            .copied()
             .collect();
         for id in stale_workloads {
             let _ = self.workloads.remove(&id);
             self.detach(id);
         }
+        let orphaned: Vec<u64> = self.inherited.keys().copied().collect();
+        for id in orphaned {
+            self.drop_inherited(id);
+        }
         self.applied = desired.clone();
         Ok(())
     }
 
-    fn attach(&mut self, cgroup: &Path) -> Result<Attachment, DatapathError> {
+    fn attach(&mut self, cgroup_id: u64, cgroup: &Path) -> Result<Attachment, DatapathError> {
         let dir = File::open(cgroup).map_err(|source| DatapathError::OpenCgroup {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        let connect4: &mut CgroupSockAddr = self.program(CONNECT4)?;
-        let connect4 =
-            connect4
-                .attach(&dir, ATTACH_MODE)
-                .map_err(|source| DatapathError::Program {
-                    name: CONNECT4,
-                    source,
-                })?;
-        let sockops: &mut SockOps = self.program(SOCKOPS)?;
-        let sockops = match sockops.attach(&dir, ATTACH_MODE) {
-            Ok(link) => link,
-            Err(source) => {
-                if let Ok(program) = self.program::<CgroupSockAddr>(CONNECT4) {
-                    let _ = program.detach(connect4);
+        let connect4 = self.attach_connect4(&dir)?;
+        // On error the connect4 link is dropped, which detaches it again.
+        let sockops = self.attach_sockops(&dir)?;
+        // Both new programs run; only now let go of a previous agent's.
+        self.drop_inherited(cgroup_id);
+        let mut links = Vec::with_capacity(2);
+        for (kind, link) in [("connect4", connect4), ("sockops", sockops)] {
+            let path = self.links_dir.join(format!("{cgroup_id}-{kind}"));
+            let _ = std::fs::remove_file(&path);
+            match link.pin(&path) {
+                Ok(pinned) => links.push(pinned),
+                Err(source) => {
+                    for pinned in links {
+                        let _ = pinned.unpin();
+                    }
+                    return Err(DatapathError::PinLink { path, source });
                 }
-                return Err(DatapathError::Program {
-                    name: SOCKOPS,
-                    source,
-                });
             }
-        };
+        }
         info!(cgroup = %cgroup.display(), "attached connect4 and sockops");
         Ok(Attachment {
             path: cgroup.to_path_buf(),
-            connect4,
-            sockops,
+            links,
         })
+    }
+
+    fn attach_connect4(&mut self, dir: &File) -> Result<FdLink, DatapathError> {
+        let program: &mut CgroupSockAddr = self.program(CONNECT4)?;
+        let id = program
+            .attach(dir, ATTACH_MODE)
+            .map_err(|source| DatapathError::Program {
+                name: CONNECT4,
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                name: CONNECT4,
+                source,
+            })?;
+        Ok(FdLink::try_from(link)?)
+    }
+
+    fn attach_sockops(&mut self, dir: &File) -> Result<FdLink, DatapathError> {
+        let program: &mut SockOps = self.program(SOCKOPS)?;
+        let id = program
+            .attach(dir, ATTACH_MODE)
+            .map_err(|source| DatapathError::Program {
+                name: SOCKOPS,
+                source,
+            })?;
+        let link = program
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                name: SOCKOPS,
+                source,
+            })?;
+        Ok(FdLink::try_from(link)?)
     }
 
     fn detach(&mut self, cgroup_id: u64) {
         let Some(attachment) = self.attached.remove(&cgroup_id) else {
             return;
         };
-        if let Ok(program) = self.program::<CgroupSockAddr>(CONNECT4) {
-            if let Err(err) = program.detach(attachment.connect4) {
-                warn!(cgroup = %attachment.path.display(), "detaching connect4: {err}");
-            }
-        }
-        if let Ok(program) = self.program::<SockOps>(SOCKOPS) {
-            if let Err(err) = program.detach(attachment.sockops) {
-                warn!(cgroup = %attachment.path.display(), "detaching sockops: {err}");
+        for link in attachment.links {
+            // Unpinning drops the last reference: the kernel detaches the program.
+            if let Err(err) = link.unpin() {
+                warn!(cgroup = %attachment.path.display(), "unpinning a link: {err}");
             }
         }
         info!(cgroup = %attachment.path.display(), "detached");
     }
 
-    /// Detaches from every workload cgroup; map pins stay.
+    /// Detaches from every workload cgroup (and removes their entries); maps stay
+    /// pinned so a restarted agent finds its connection records.
     pub fn detach_all(&mut self) {
         let ids: Vec<u64> = self.attached.keys().copied().collect();
         for id in ids {
             let _ = self.workloads.remove(&id);
             self.detach(id);
         }
+        let inherited: Vec<u64> = self.inherited.keys().copied().collect();
+        for id in inherited {
+            let _ = self.workloads.remove(&id);
+            self.drop_inherited(id);
+        }
     }
 
-    fn clear_stale_entries(&mut self) {
-        let workloads: Vec<u64> = self.workloads.keys().filter_map(Result::ok).collect();
-        for key in workloads {
-            let _ = self.workloads.remove(&key);
+    fn inherit_pinned_links(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.links_dir) else {
+            let _ = std::fs::create_dir_all(&self.links_dir);
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(cgroup_id) = name
+                .to_str()
+                .and_then(|n| n.split('-').next())
+                .and_then(|id| id.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match PinnedLink::from_pin(entry.path()) {
+                Ok(link) => self.inherited.entry(cgroup_id).or_default().push(link),
+                Err(err) => warn!(path = %entry.path().display(), "ignoring a pinned link: {err}"),
+            }
         }
-        let services: Vec<ServiceKey> = self.services.keys().filter_map(Result::ok).collect();
-        for key in services {
-            let _ = self.services.remove(&key);
+        if !self.inherited.is_empty() {
+            info!(
+                cgroups = self.inherited.len(),
+                "a previous agent's programs are still attached; they keep enforcing until the first snapshot"
+            );
+        }
+    }
+
+    fn drop_inherited(&mut self, cgroup_id: u64) {
+        for link in self.inherited.remove(&cgroup_id).unwrap_or_default() {
+            if let Err(err) = link.unpin() {
+                warn!(cgroup_id, "unpinning an inherited link: {err}");
+            }
         }
     }
 

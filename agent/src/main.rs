@@ -36,6 +36,10 @@ struct Args {
     /// (`stoa keys hash --secret-file`); without it API keys are not accepted.
     #[arg(long)]
     api_key_secret_file: Option<PathBuf>,
+    /// On SIGTERM leave the programs attached (pinned), so that governance continues
+    /// through an upgrade; by default SIGTERM detaches from every workload cgroup.
+    #[arg(long)]
+    keep_attached_on_exit: bool,
     /// Keep the last applied snapshot here and start from it when the controller is
     /// unreachable.
     #[arg(long)]
@@ -132,10 +136,12 @@ async fn run(args: Args, cgroup_root: PathBuf) -> anyhow::Result<()> {
         res = proxy_task => error!("node proxy stopped: {res:?}"),
     }
     control_task.abort();
-    // Detach from every workload cgroup before exiting; pinned maps stay so that a
-    // restarted agent finds its state.
-    let mut datapath = datapath_slot.lock().await;
-    datapath.detach_all();
-    info!("detached; bye");
+    if args.keep_attached_on_exit {
+        info!("leaving the programs attached for the next agent; bye");
+    } else {
+        // Pinned maps stay so that a restarted agent finds its state.
+        datapath_slot.lock().await.detach_all();
+        info!("detached; bye");
+    }
     Ok(())
 }

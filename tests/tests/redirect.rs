@@ -383,3 +383,56 @@ fn snapshot_the_agent_cannot_apply_is_rejected_and_the_previous_state_kept() {
     let answer = s.get_json(&[&format!("http://{ORDERS_IP}/still")]);
     assert_eq!(peer_ip(&answer), s.server.gateway().to_string(), "{answer}");
 }
+
+fn pinned_links(node: &SimNode) -> usize {
+    std::fs::read_dir(node.pin_path().join("links"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_crashed_agent_keeps_enforcing_and_its_successor_takes_over() {
+    if !stoa_tests::require_root() {
+        return;
+    }
+    let s = scenario(true);
+    let url = |path: &str| format!("http://{ORDERS_IP}{path}");
+    assert_eq!(
+        peer_ip(&s.get_json(&[&url("/before")])),
+        s.server.gateway().to_string()
+    );
+    assert_eq!(
+        pinned_links(&s.node),
+        2,
+        "connect4 + sockops for the client cgroup"
+    );
+
+    s.agent.kill();
+    // The pinned programs still redirect: with no proxy the connection is refused
+    // instead of reaching the backend ungoverned.
+    let out = s.client.curl(&[&url("/while-down")]);
+    assert!(!out.status.success(), "{}", out.stdout_str());
+    assert!(!s.orders_backend.stdout().contains("/while-down"));
+    assert_eq!(pinned_links(&s.node), 2);
+
+    let successor = s.node.start_agent(&[]);
+    s.node.wait_for_snapshot_above(0, Duration::from_secs(20));
+    assert!(
+        successor.stderr().contains("still attached"),
+        "{}",
+        successor.describe(20)
+    );
+    assert_eq!(
+        peer_ip(&s.get_json(&[&url("/after")])),
+        s.server.gateway().to_string()
+    );
+    assert_eq!(pinned_links(&s.node), 2, "replaced, not duplicated");
+
+    let status = successor.terminate(Duration::from_secs(5));
+    assert!(status.success());
+    assert_eq!(pinned_links(&s.node), 0);
+    assert_eq!(
+        peer_ip(&s.get_json(&[&url("/gone")])),
+        s.client.ip().to_string()
+    );
+}

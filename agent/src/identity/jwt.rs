@@ -9,12 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::{
     jwk::{Jwk, JwkSet},
     Algorithm, DecodingKey, Validation,
 };
 use serde_json::{Map, Value};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::JwtPrincipal;
@@ -141,7 +142,8 @@ struct KeySet {
 pub struct JwksCache {
     uri: String,
     http: reqwest::Client,
-    keys: RwLock<KeySet>,
+    /// Read by every request without a lock; replaced whole after a fetch.
+    keys: ArcSwap<KeySet>,
     /// Single flight: one fetch at a time per URI.
     fetching: Mutex<()>,
 }
@@ -157,7 +159,7 @@ impl JwksCache {
         Self {
             uri,
             http,
-            keys: RwLock::new(KeySet::default()),
+            keys: ArcSwap::from_pointee(KeySet::default()),
             fetching: Mutex::new(()),
         }
     }
@@ -167,35 +169,39 @@ impl JwksCache {
     }
 
     async fn key(&self, kid: &str) -> Result<Arc<CachedKey>, JwtError> {
-        if let Some(key) = self.keys.read().await.keys.get(kid) {
+        if let Some(key) = self.keys.load().keys.get(kid) {
             return Ok(key.clone());
         }
         let _flight = self.fetching.lock().await;
         // Another request may have fetched while this one waited.
-        let recently_fetched = {
-            let set = self.keys.read().await;
-            if let Some(key) = set.keys.get(kid) {
-                return Ok(key.clone());
-            }
-            set.fetched_at
-                .is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL)
-        };
-        if recently_fetched {
+        let current = self.keys.load_full();
+        if let Some(key) = current.keys.get(kid) {
+            return Ok(key.clone());
+        }
+        if current
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL)
+        {
             return Err(JwtError::UnknownKey(kid.to_string()));
         }
-        let fetched = self.fetch().await;
-        let mut set = self.keys.write().await;
-        set.fetched_at = Some(Instant::now());
-        match fetched {
-            Ok(keys) => set.keys = keys,
+        let keys = match self.fetch().await {
+            Ok(keys) => keys,
             // Keep the keys we had: an issuer outage must not log everyone out.
-            Err(()) if set.keys.is_empty() => return Err(JwtError::JwksUnavailable),
-            Err(()) => {}
-        }
-        set.keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| JwtError::UnknownKey(kid.to_string()))
+            Err(()) if current.keys.is_empty() => {
+                self.keys.store(Arc::new(KeySet {
+                    keys: HashMap::new(),
+                    fetched_at: Some(Instant::now()),
+                }));
+                return Err(JwtError::JwksUnavailable);
+            }
+            Err(()) => current.keys.clone(),
+        };
+        let found = keys.get(kid).cloned();
+        self.keys.store(Arc::new(KeySet {
+            keys,
+            fetched_at: Some(Instant::now()),
+        }));
+        found.ok_or_else(|| JwtError::UnknownKey(kid.to_string()))
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Arc<CachedKey>>, ()> {

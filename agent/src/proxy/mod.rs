@@ -70,9 +70,17 @@ pub async fn serve(
             refuse(stream);
             continue;
         };
+        let current = tables.load();
+        if current.version == 0 {
+            // Programs inherited from a previous agent redirect before this one has a
+            // policy: fail closed rather than forward ungoverned.
+            metrics::counter!("stoa_proxy_connections_total", "verdict" => "refused").increment(1);
+            warn!(peer = %conn.peer, "refusing a redirected connection: no policy applied yet");
+            refuse(stream);
+            continue;
+        }
         metrics::counter!("stoa_proxy_connections_total", "verdict" => "accepted").increment(1);
-        let protocol = tables
-            .load()
+        let protocol = current
             .services
             .get(&conn.service_id)
             .map(|service| service.protocol);
