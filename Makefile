@@ -24,3 +24,10 @@ clippy: setup
 # Unit tests and the privileged end-to-end tests (netns, cgroups, eBPF) alike: run as root.
 test: setup fmt clippy build
 	$(CARGO) test --workspace --no-fail-fast
+
+# Side-by-side benchmark (bench/README.md): installs nginx, HAProxy, oha and gnuplot,
+# builds release binaries, then measures for about 16 minutes; writes bench/results/. As root.
+# `make bench BENCH_ARGS=--quick` is a one-minute smoke run.
+.PHONY: bench
+bench: build
+	@bash bench/run.sh $(BENCH_ARGS)

@@ -338,7 +338,7 @@ impl SimNode {
 
     /// Starts `stoa-agent` in the node netns with the node's controller, proxy, pin path,
     /// node name and metrics address, plus `extra_args`, and waits until the proxy
-    /// listens on 169.254.42.1:15001. It runs until stopped through the handle or node
+    /// listens on 169.254.42.1:15001 (it logs "node proxy listening"). It runs until stopped through the handle or node
     /// drop; start it again after `kill()` to simulate a restart.
     pub fn start_agent(&self, extra_args: &[&str]) -> ProcHandle {
         let mut cmd = self.command(bins::bin_path("stoa-agent"));
@@ -351,8 +351,18 @@ impl SimNode {
             .args(extra_args);
         with_log_env(&mut cmd);
         let handle = self.inner.spawn("agent", &mut cmd);
-        let addr = SocketAddr::from((PROXY_IP, PROXY_PORT));
-        self.inner.wait_ready(&handle, &self.inner.netns, addr);
+        // The agent says when its proxy listens; a TCP probe would only be refused
+        // (no redirect record) and count as a refused connection.
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while !handle.stderr().contains("node proxy listening") {
+            if !handle.is_running() || std::time::Instant::now() >= deadline {
+                panic!(
+                    "agent did not start its proxy on {PROXY_IP}:{PROXY_PORT}:\n{}",
+                    handle.describe(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         handle
     }
 }

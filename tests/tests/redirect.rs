@@ -204,7 +204,6 @@ fn direct_connection_to_the_proxy_is_refused() {
         stoa_tests::PROXY_IP,
         stoa_tests::PROXY_PORT
     );
-    // The harness's readiness probe was refused already; count from here.
     let refused = || s.metric("stoa_proxy_connections_total{verdict=\"refused\"}");
     let refused_before = refused();
     // From the listed workload itself, and from the node: no redirect record either way.

@@ -49,6 +49,7 @@ const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// stays usable; a larger one closes the connection instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_IDLE_UPSTREAM: usize = 128;
 
 /// Headers STOA sets for the upstream; a client's own copies are removed first.
 const STOA_HEADER_PREFIX: &str = "x-stoa-";
@@ -83,8 +84,11 @@ impl HttpContext {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        // Idle upstream connections are capped per destination: a burst of client
+        // connections must not leave as many idle upstream sockets and buffers behind.
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(MAX_IDLE_UPSTREAM)
             .pool_timer(TokioTimer::new())
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
