@@ -109,10 +109,14 @@ impl HttpContext {
 pub async fn serve_connection(stream: TcpStream, conn: Connection, ctx: HttpContext) {
     let _ = stream.set_nodelay(true);
     let (stream, framing) = GuardedStream::new(stream);
+    let state = Arc::new(ConnectionState {
+        framing,
+        key_cache: KeyCache::default(),
+    });
     let service = service_fn(move |request| {
         let ctx = ctx.clone();
-        let framing = framing.clone();
-        async move { Ok::<_, Infallible>(handle(request, conn, &framing, &ctx).await) }
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(request, conn, &state, &ctx).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -130,6 +134,35 @@ pub async fn serve_connection(stream: TcpStream, conn: Connection, ctx: HttpCont
         .await
     {
         debug!(peer = %conn.peer, "http connection ended: {err}");
+    }
+}
+
+/// What one client connection remembers between its requests.
+struct ConnectionState {
+    framing: Arc<FramingVerdict>,
+    key_cache: KeyCache,
+}
+
+/// The digest of the API key last presented on this connection. A client sends the
+/// same key on every request of a keep-alive connection; recomputing its HMAC each
+/// time was the largest single cost of a request. The key is compared in constant
+/// time, and the digest is looked up in the current policy on every request, so a
+/// revoked key stops working at once.
+#[derive(Default)]
+struct KeyCache(std::sync::Mutex<Option<(Box<[u8]>, KeyDigest)>>);
+
+impl KeyCache {
+    fn digest(&self, secret: &[u8], key: &str) -> KeyDigest {
+        use subtle::ConstantTimeEq;
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, digest)) = cached.as_ref() {
+            if known.len() == key.len() && bool::from(known.ct_eq(key.as_bytes())) {
+                return *digest;
+            }
+        }
+        let digest = KeyDigest::compute(secret, key);
+        *cached = Some((key.as_bytes().into(), digest));
+        digest
     }
 }
 
@@ -184,7 +217,7 @@ impl Record<'_> {
 async fn handle(
     request: Request<Incoming>,
     conn: Connection,
-    framing: &FramingVerdict,
+    state: &ConnectionState,
     ctx: &HttpContext,
 ) -> Response<ProxyBody> {
     let tables = ctx.tables.load();
@@ -204,7 +237,17 @@ async fn handle(
         reason: String::new(),
     };
     let version = request.version();
-    let response = match pipeline(request, &conn, framing, ctx, &tables, &mut record).await {
+    let response = match pipeline(
+        request,
+        &conn,
+        &state.framing,
+        &state.key_cache,
+        ctx,
+        &tables,
+        &mut record,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(Rejection {
             mut response,
@@ -257,6 +300,7 @@ async fn pipeline(
     request: Request<Incoming>,
     conn: &Connection,
     framing: &FramingVerdict,
+    key_cache: &KeyCache,
     ctx: &HttpContext,
     tables: &Tables,
     record: &mut Record<'_>,
@@ -332,7 +376,7 @@ async fn pipeline(
     }
 
     // Identify.
-    if let Err(rejection) = identify(&mut parts, &contract, ctx, tables, record).await {
+    if let Err(rejection) = identify(&mut parts, key_cache, &contract, ctx, tables, record).await {
         return Err(Rejection {
             body: Some(body),
             ..rejection
@@ -438,6 +482,7 @@ async fn pipeline(
 
 async fn identify(
     parts: &mut hyper::http::request::Parts,
+    key_cache: &KeyCache,
     contract: &ContractPolicy,
     ctx: &HttpContext,
     tables: &Tables,
@@ -474,7 +519,7 @@ async fn identify(
                     vec![api_key_challenge(source)],
                 ));
             };
-            let digest = KeyDigest::compute(secret, &key);
+            let digest = key_cache.digest(secret, &key);
             return match tables.policy.api_keys.get(&digest) {
                 Some((consumer, key_id)) => {
                     record.principal.consumer = Some(consumer.clone());
@@ -737,6 +782,24 @@ fn strip_stoa_headers(headers: &mut HeaderMap) {
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1),
 /// including any the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    ];
+    // Most messages carry none: one pass over the names instead of nine removals.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -820,5 +883,21 @@ mod tests {
         };
         assert_eq!(take_api_key(&mut parts, &source).as_deref(), Some("k-1"));
         assert_eq!(parts.uri, "/orders?a=1&b=2");
+    }
+}
+
+#[cfg(test)]
+mod key_cache_tests {
+    use super::*;
+
+    #[test]
+    fn cached_digest_matches_a_fresh_one_and_a_new_key_is_recomputed() {
+        let cache = KeyCache::default();
+        let first = cache.digest(b"secret", "key-1");
+        assert_eq!(first, KeyDigest::compute(b"secret", "key-1"));
+        assert_eq!(cache.digest(b"secret", "key-1"), first);
+        let other = cache.digest(b"secret", "key-2");
+        assert_eq!(other, KeyDigest::compute(b"secret", "key-2"));
+        assert_ne!(other, first);
     }
 }
