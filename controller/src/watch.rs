@@ -64,17 +64,7 @@ impl PolicySource {
             .inspect_err(|_| counter!(telemetry::POLICY_RELOAD_ERRORS_TOTAL).increment(1))?;
         snapshot.version = clock.next_version();
         publish_metrics(&snapshot);
-        info!(
-            dir = %dir.display(),
-            version = snapshot.version,
-            workloads = snapshot.workloads.len(),
-            services = snapshot.services.len(),
-            contracts = snapshot.contracts.len(),
-            consumers = snapshot.consumers.len(),
-            access_policies = snapshot.access_policies.len(),
-            quotas = snapshot.quotas.len(),
-            "policy loaded"
-        );
+        log_snapshot(&dir, &snapshot, "policy loaded");
         let (tx, rx) = watch::channel(Arc::new(snapshot));
         Ok((
             Self {
@@ -110,16 +100,7 @@ impl PolicySource {
         snapshot.version = self.clock.next_version();
         let version = snapshot.version;
         publish_metrics(&snapshot);
-        info!(
-            version,
-            workloads = snapshot.workloads.len(),
-            services = snapshot.services.len(),
-            contracts = snapshot.contracts.len(),
-            consumers = snapshot.consumers.len(),
-            access_policies = snapshot.access_policies.len(),
-            quotas = snapshot.quotas.len(),
-            "policy changed; new snapshot"
-        );
+        log_snapshot(&self.dir, &snapshot, "policy changed; new snapshot");
         self.tx.send_replace(Arc::new(snapshot));
         Ok(Some(version))
     }
@@ -204,6 +185,21 @@ fn is_relevant(kind: &EventKind) -> bool {
         EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
         _ => true,
     }
+}
+
+/// One line per published snapshot, with what it holds.
+fn log_snapshot(dir: &Path, snapshot: &Snapshot, what: &str) {
+    info!(
+        dir = %dir.display(),
+        version = snapshot.version,
+        workloads = snapshot.workloads.len(),
+        services = snapshot.services.len(),
+        contracts = snapshot.contracts.len(),
+        consumers = snapshot.consumers.len(),
+        access_policies = snapshot.access_policies.len(),
+        quotas = snapshot.quotas.len(),
+        "{what}"
+    );
 }
 
 #[cfg(test)]
