@@ -127,7 +127,7 @@ pub struct Datapath {
     /// snapshot this agent applies.
     inherited: BTreeMap<u64, Vec<PinnedLink>>,
     links_dir: PathBuf,
-    applied: DesiredState,
+    applied_version: u64,
 }
 
 impl Datapath {
@@ -192,7 +192,7 @@ impl Datapath {
             attached: BTreeMap::new(),
             inherited: BTreeMap::new(),
             links_dir: pin_path.join("links"),
-            applied: DesiredState::default(),
+            applied_version: 0,
         };
         datapath.inherit_pinned_links();
         Ok(datapath)
@@ -207,7 +207,7 @@ impl Datapath {
     }
 
     pub fn applied_version(&self) -> u64 {
-        self.applied.version
+        self.applied_version
     }
 
     /// Forwards kernel-side log records (aya-log) into `tracing`.
@@ -324,7 +324,7 @@ impl Datapath {
         for id in orphaned {
             self.drop_inherited(id);
         }
-        self.applied = desired.clone();
+        self.applied_version = desired.version;
         Ok(())
     }
 

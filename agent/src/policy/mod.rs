@@ -280,7 +280,7 @@ impl ContractPolicy {
 
     /// Deny wins; without an allow, access is denied.
     pub fn authorize(&self, operation: usize, principal: &Principal) -> AccessDecision {
-        let mut allowed_by = None;
+        let mut allowed = false;
         for rule in &self.rules {
             if !any_subject_matches(&rule.subjects, principal) {
                 continue;
@@ -297,24 +297,14 @@ impl ContractPolicy {
                 .as_ref()
                 .is_some_and(|allow| allow.contains(operation))
             {
-                allowed_by.get_or_insert(&rule.policy);
+                allowed = true;
             }
         }
-        match allowed_by {
-            Some(_) => AccessDecision::Allowed,
-            None => AccessDecision::Denied("no AccessPolicy allows this operation".into()),
+        if allowed {
+            AccessDecision::Allowed
+        } else {
+            AccessDecision::Denied("no AccessPolicy allows this operation".into())
         }
-    }
-
-    /// The quota rules that apply to this caller and operation.
-    pub fn quotas_for<'a>(
-        &'a self,
-        operation: Option<usize>,
-        principal: &'a Principal,
-    ) -> impl Iterator<Item = &'a QuotaRule> + 'a {
-        self.quotas
-            .iter()
-            .filter(move |quota| quota.applies(operation, principal))
     }
 }
 
@@ -720,9 +710,16 @@ mod tests {
             contract.authorize(0, &stranger),
             AccessDecision::Denied(_)
         ));
-        assert_eq!(contract.quotas_for(Some(0), &billing).count(), 1);
-        assert_eq!(contract.quotas_for(Some(1), &billing).count(), 0);
-        assert_eq!(contract.quotas_for(Some(0), &stranger).count(), 0);
+        let applying = |op, who| {
+            contract
+                .quotas
+                .iter()
+                .filter(|q| q.applies(op, who))
+                .count()
+        };
+        assert_eq!(applying(Some(0), &billing), 1);
+        assert_eq!(applying(Some(1), &billing), 0);
+        assert_eq!(applying(Some(0), &stranger), 0);
     }
 
     #[test]
