@@ -50,4 +50,29 @@ if [ ! -x "$tools/bin/bpf-linker" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want
         --no-default-features --features "llvm-${llvm_major}" --force
     echo "$want" >"$stamp"
 fi
+
+# MCP peers the end-to-end tests drive (tests/peers): the official Python SDK in a
+# virtualenv, the TypeScript SDK and server-everything from npm. Each is reinstalled
+# only when its pin file changed (a stamp holds the pin file's sha256).
+peers="$repo/tests/peers"
+command -v python3 >/dev/null || die "python3 is missing (the MCP test peers need it)"
+command -v npm >/dev/null || die "npm is missing (the MCP test peers need Node.js 18 or newer)"
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "stoa setup: installing python3-venv"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+want="$(sha256sum "$peers/requirements.txt" | cut -d' ' -f1)"
+if [ ! -x "$peers/.venv/bin/python" ] || [ "$(cat "$peers/.venv/.stoa-stamp" 2>/dev/null)" != "$want" ]; then
+    echo "stoa setup: installing the Python MCP peers (tests/peers/.venv)"
+    python3 -m venv --clear "$peers/.venv"
+    "$peers/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$peers/requirements.txt"
+    echo "$want" >"$peers/.venv/.stoa-stamp"
+fi
+want="$(sha256sum "$peers/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$peers/node_modules/.stoa-stamp" 2>/dev/null)" != "$want" ]; then
+    echo "stoa setup: installing the Node MCP peers (tests/peers/node_modules)"
+    (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$want" >"$peers/node_modules/.stoa-stamp"
+fi
 echo "stoa setup: ready"

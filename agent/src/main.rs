@@ -44,6 +44,13 @@ struct Args {
     /// unreachable.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Durable ledger of metered MCP tool invocations (read with `stoa usage`).
+    #[arg(long, env = "STOA_USAGE_DIR", default_value = "/var/lib/stoa/usage")]
+    usage_dir: PathBuf,
+    /// Audit records of MCP tool decisions, one JSON line each: a file, or `-` for
+    /// stdout; omitted means none.
+    #[arg(long)]
+    audit_log: Option<String>,
 }
 
 fn main() {
@@ -104,10 +111,33 @@ async fn run(args: Args, cgroup_root: PathBuf) -> anyhow::Result<()> {
             sweeper.sweep();
         }
     });
+    let ledger = stoa_usage::Ledger::open(stoa_usage::LedgerConfig::new(args.usage_dir.clone()))
+        .with_context(|| format!("opening the usage ledger in {}", args.usage_dir.display()))?;
+    let audit = match &args.audit_log {
+        Some(spec) => Some(
+            stoa_usage::AuditSink::open(spec)
+                .with_context(|| format!("opening the audit log {spec}"))?,
+        ),
+        None => None,
+    };
+    let mcp = Arc::new(proxy::McpRuntime::new(
+        args.node_name.clone(),
+        Some(ledger),
+        audit,
+    ));
+    let session_sweeper = mcp.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            session_sweeper.sweep();
+        }
+    });
     let http = proxy::HttpContext::new(
         tables.clone(),
         quotas,
         api_key_secret,
+        mcp,
         Duration::from_secs(2),
         Duration::from_secs(90),
     );

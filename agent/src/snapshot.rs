@@ -65,6 +65,8 @@ pub enum SnapshotError {
 pub enum ServiceProtocol {
     Tcp,
     Http,
+    /// HTTP carrying MCP: the same pipeline, with tool governance.
+    Mcp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +159,7 @@ impl DesiredState {
             let protocol = match Protocol::try_from(service.protocol) {
                 Ok(Protocol::Tcp) => ServiceProtocol::Tcp,
                 Ok(Protocol::Http) => ServiceProtocol::Http,
+                Ok(Protocol::Mcp) => ServiceProtocol::Mcp,
                 _ => {
                     return Err(SnapshotError::UnsupportedProtocol {
                         namespace: service.namespace.clone(),

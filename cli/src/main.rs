@@ -2,6 +2,7 @@
 
 mod keys;
 mod policy;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,9 @@ enum Command {
     /// Policy folders: check one before the controller serves it.
     #[command(subcommand)]
     Policy(policy::Command),
+    /// MCP tool calls on this node, per caller, contract, tool and outcome, from the
+    /// agent's usage ledger.
+    Usage(usage::Args),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -25,6 +29,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Version => println!("stoa {}", env!("CARGO_PKG_VERSION")),
         Command::Keys(command) => keys::run(command)?,
         Command::Policy(command) => return policy::run(command),
+        Command::Usage(args) => usage::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,21 +41,25 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `1 workload, 2 contracts (1 http), 4 operations, ...`.
+/// `1 workload, 2 contracts (1 http, 1 mcp), 4 operations, 4 tools, ...`.
 fn summary(set: &PolicySet) -> String {
-    let http = set
-        .contracts()
-        .filter(|c| c.spec.protocol == Protocol::Http)
-        .count();
+    let of_protocol = |protocol| {
+        set.contracts()
+            .filter(|c| c.spec.protocol == protocol)
+            .count()
+    };
+    let (http, mcp) = (of_protocol(Protocol::Http), of_protocol(Protocol::Mcp));
     let operations: usize = set.contracts().map(|c| c.spec.operations().len()).sum();
+    let tools: usize = set.contracts().map(|c| c.spec.tools().len()).sum();
     let keys: usize = set.consumers().map(|c| c.spec.api_keys.len()).sum();
     [
         count(set.workloads().count(), "workload"),
         format!(
-            "{} ({http} http)",
+            "{} ({http} http, {mcp} mcp)",
             count(set.contracts().count(), "contract")
         ),
         count(operations, "operation"),
+        count(tools, "tool"),
         format!(
             "{} ({})",
             count(set.consumers().count(), "consumer"),

@@ -1,4 +1,5 @@
-//! The `stoa` binary: `version`, `keys hash`, `keys generate` and `policy check`.
+//! The `stoa` binary: `version`, `keys hash`, `keys generate` and `policy check`
+//! (`stoa usage` has its own file).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -237,8 +238,8 @@ fn policy_check_accepts_the_examples() {
     assert_eq!(
         stdout(&out),
         format!(
-            "{}: ok: 1 workload, 1 contract (1 http), 4 operations, 1 consumer (1 API key), \
-             2 access policies, 1 quota\n",
+            "{}: ok: 1 workload, 2 contracts (1 http, 1 mcp), 4 operations, 4 tools, \
+             1 consumer (1 API key), 3 access policies, 2 quotas\n",
             dir.display()
         )
     );

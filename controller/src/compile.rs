@@ -209,6 +209,7 @@ impl Compiler {
                 protocol: match c.spec.protocol {
                     Protocol::Http => v1::Protocol::Http,
                     Protocol::Tcp => v1::Protocol::Tcp,
+                    Protocol::Mcp => v1::Protocol::Mcp,
                 } as i32,
                 ip: c.spec.address.0.ip().to_string(),
                 port: u32::from(c.spec.address.0.port()),

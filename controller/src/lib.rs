@@ -4,7 +4,7 @@
 //! - [`policy`]: the document types (strict YAML, validated while parsing);
 //! - [`load`]: a folder of files → a checked [`load::PolicySet`], with every error found;
 //! - [`compile`]: policy set → [`stoa_proto::v1::Snapshot`], stable numeric ids;
-//! - [`refs`]: references between documents (contracts, operations, consumers);
+//! - [`refs`]: references between documents (contracts, operations, tools, consumers);
 //! - [`watch`]: the folder as a live source feeding a `tokio::sync::watch` channel;
 //! - [`server`]: the `PolicyDistribution` gRPC service;
 //! - [`telemetry`]: metric names.

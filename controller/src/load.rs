@@ -502,8 +502,10 @@ mod tests {
         assert_eq!(w.metadata.name.as_str(), "billing-agent");
         assert_eq!(w.metadata.namespace.as_str(), "finance");
         assert_eq!(w.spec.cgroup.as_str(), "stoa.slice/billing-agent");
-        let c = set.contracts().next().expect("a contract");
-        assert_eq!(c.metadata.name.as_str(), "orders-api");
+        let c = set
+            .contracts()
+            .find(|c| c.metadata.name.as_str() == "orders-api")
+            .expect("the orders-api contract");
         assert_eq!(c.spec.address.to_string(), "10.96.0.10:80");
     }
 }

@@ -1,11 +1,12 @@
 //! References between documents: grants and quota scopes name contracts and their
-//! operations, consumer subjects name consumers. The loader reports what does not
+//! operations or tools, consumer subjects name consumers. The loader reports what does not
 //! resolve; the compiler resolves the rest.
 
 use std::collections::HashMap;
 
 use crate::policy::{
     ApiContract, Consumer, Document, Kind, Namespace, ObjectRef, Operation, OperationId, Protocol,
+    Tool, UnlistedTools,
 };
 
 /// Why a reference does not resolve.
@@ -14,13 +15,26 @@ pub enum RefError {
     #[error("unknown ApiContract {namespace}/{name}")]
     UnknownContract { namespace: String, name: String },
     #[error(
-        "ApiContract {namespace}/{name} has protocol {protocol}: only http contracts have \
-         operations, access rules and quotas"
+        "ApiContract {namespace}/{name} has protocol {protocol}: only http and mcp contracts \
+         have access rules and quotas"
     )]
-    NotHttp {
+    NotGoverned {
         namespace: String,
         name: String,
         protocol: Protocol,
+    },
+    /// Operations named for an mcp contract, or tools for an http one.
+    #[error(
+        "ApiContract {namespace}/{name} has protocol {protocol}: {what} are only for \
+         {expected} contracts"
+    )]
+    WrongProtocol {
+        namespace: String,
+        name: String,
+        protocol: Protocol,
+        /// `operations` or `tools`.
+        what: &'static str,
+        expected: Protocol,
     },
     #[error("ApiContract {namespace}/{name} has no operation {operation:?} ({known})")]
     UnknownOperation {
@@ -28,6 +42,16 @@ pub enum RefError {
         name: String,
         operation: String,
         /// The operations it has, to spot a typo.
+        known: String,
+    },
+    #[error(
+        "ApiContract {namespace}/{name} has no tool {tool:?} ({known}); unlisted tools are denied"
+    )]
+    UnknownTool {
+        namespace: String,
+        name: String,
+        tool: String,
+        /// The tools it lists, to spot a typo.
         known: String,
     },
     #[error("unknown Consumer {namespace}/{name}")]
@@ -39,8 +63,10 @@ impl RefError {
     pub fn target(&self) -> (Kind, &str) {
         match self {
             RefError::UnknownContract { name, .. }
-            | RefError::NotHttp { name, .. }
-            | RefError::UnknownOperation { name, .. } => (Kind::ApiContract, name),
+            | RefError::NotGoverned { name, .. }
+            | RefError::WrongProtocol { name, .. }
+            | RefError::UnknownOperation { name, .. }
+            | RefError::UnknownTool { name, .. } => (Kind::ApiContract, name),
             RefError::UnknownConsumer { name, .. } => (Kind::Consumer, name),
         }
     }
@@ -74,8 +100,8 @@ impl<'a> Catalog<'a> {
         catalog
     }
 
-    /// The http contract `reference` names, from an object in namespace `own`.
-    pub fn http_contract(
+    /// The http or mcp contract `reference` names, from an object in namespace `own`.
+    pub fn governed_contract(
         &self,
         own: &Namespace,
         reference: &ObjectRef,
@@ -88,14 +114,33 @@ impl<'a> Catalog<'a> {
                 namespace: namespace.to_string(),
                 name: reference.name.to_string(),
             })?;
-        if contract.spec.protocol != Protocol::Http {
-            return Err(RefError::NotHttp {
+        if !contract.spec.protocol.is_governed() {
+            return Err(RefError::NotGoverned {
                 namespace: namespace.to_string(),
                 name: reference.name.to_string(),
                 protocol: contract.spec.protocol,
             });
         }
         Ok(contract)
+    }
+
+    /// Checks that `contract` has protocol `expected`, since it is given `what`
+    /// (`operations` or `tools`).
+    pub fn expect_protocol(
+        contract: &ApiContract,
+        expected: Protocol,
+        what: &'static str,
+    ) -> Result<(), RefError> {
+        if contract.spec.protocol == expected {
+            return Ok(());
+        }
+        Err(RefError::WrongProtocol {
+            namespace: contract.metadata.namespace.to_string(),
+            name: contract.metadata.name.to_string(),
+            protocol: contract.spec.protocol,
+            what,
+            expected,
+        })
     }
 
     /// The operation `id` of `contract`.
@@ -120,6 +165,33 @@ impl<'a> Catalog<'a> {
                     format!("it has {}", ids.join(", "))
                 },
             }
+        })
+    }
+
+    /// The tool `name` of mcp `contract`: `Some` if listed, `None` if not listed but
+    /// the contract allows unlisted tools, an error if it denies them.
+    pub fn tool(contract: &'a ApiContract, name: &str) -> Result<Option<&'a Tool>, RefError> {
+        if let Some(tool) = contract.spec.tool(name) {
+            return Ok(Some(tool));
+        }
+        if contract.spec.unlisted_tools() == UnlistedTools::Allow {
+            return Ok(None);
+        }
+        let names: Vec<&str> = contract
+            .spec
+            .tools()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        Err(RefError::UnknownTool {
+            namespace: contract.metadata.namespace.to_string(),
+            name: contract.metadata.name.to_string(),
+            tool: name.to_owned(),
+            known: if names.is_empty() {
+                "it lists no tools".to_owned()
+            } else {
+                format!("it has {}", names.join(", "))
+            },
         })
     }
 

@@ -45,6 +45,40 @@ metadata: {name: health, namespace: shop}
 spec: {protocol: http, address: 10.96.0.40:80}
 ---
 apiVersion: gostoa.dev/v1alpha1
+kind: ApiContract
+metadata: {name: crm-tools, namespace: shop}
+spec:
+  protocol: mcp
+  address: "10.96.0.20:8080"
+  backends: ["10.200.1.2:8080", "10.200.2.2:8080"]
+  credentials: [workload, jwt]
+  jwt:
+    issuer: https://issuer.stoa.test
+    audiences: ["http://10.96.0.20:8080/mcp"]
+    jwksUri: https://issuer.stoa.test/jwks
+  maxRequestBodyBytes: 65536
+  mcp:
+    ssePath: /events
+    otherMethods: deny
+    oauth:
+      resource: "http://10.96.0.20:8080/mcp"
+      authorizationServers: ["https://issuer.stoa.test"]
+      scopesSupported: [tools.read, tools.call]
+  tools:
+    - name: search_customers
+      arguments:
+        query: {maxLength: 64, pattern: "^[a-z ]+$"}
+        region: {allowedValues: [eu, us]}
+        limit: {allowedValues: [10, 50, 2.5, true]}
+      secretArguments: [api_token]
+    - name: get_customer
+---
+apiVersion: gostoa.dev/v1alpha1
+kind: ApiContract
+metadata: {name: docs-search, namespace: shop}
+spec: {protocol: mcp, address: 10.96.0.50:8080}
+---
+apiVersion: gostoa.dev/v1alpha1
 kind: Consumer
 metadata:
   name: partner-portal
@@ -70,6 +104,26 @@ spec:
     - {contract: shop/health}
   deny:
     - {contract: orders-api, operations: [deleteOrder]}
+---
+apiVersion: gostoa.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: crm-agents, namespace: shop}
+spec:
+  subjects:
+    - workload: {namespace: finance, serviceAccount: billing-agent}
+  allow:
+    - {contract: crm-tools, tools: ["search_*", get_customer]}
+    - {contract: docs-search}
+  deny:
+    - {contract: crm-tools, tools: ["*_admin"]}
+---
+apiVersion: gostoa.dev/v1alpha1
+kind: Quota
+metadata: {name: crm-search, namespace: shop}
+spec:
+  subjects: [{workload: {namespace: finance}}]
+  scope: {contract: crm-tools, tool: search_customers}
+  limit: {requests: 10, per: second}
 ---
 apiVersion: gostoa.dev/v1alpha1
 kind: Quota

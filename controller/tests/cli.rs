@@ -81,7 +81,8 @@ async fn serves_the_example_policy_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert_eq!(snapshot.workloads[0].name, "billing-agent");
-    assert_eq!(snapshot.services[0].name, "orders-api");
+    let services: Vec<&str> = snapshot.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(services, ["crm-tools", "orders-api"]);
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

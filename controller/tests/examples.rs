@@ -56,14 +56,22 @@ fn example_policy_compiles_to_the_demo_tables() {
     let snap = snapshot();
     assert_eq!(snap.workloads.len(), 1);
     assert_eq!(snap.workloads[0].cgroup, "stoa.slice/billing-agent");
-    let service = &snap.services[0];
+    let service = snap
+        .services
+        .iter()
+        .find(|s| s.name == "orders-api")
+        .expect("service orders-api");
     assert_eq!(
         (service.name.as_str(), service.ip.as_str(), service.port),
         ("orders-api", "10.96.0.10", 80)
     );
     assert_eq!(service.protocol, v1::Protocol::Http as i32);
 
-    let contract = &snap.contracts[0];
+    let contract = snap
+        .contracts
+        .iter()
+        .find(|c| c.name == "orders-api")
+        .expect("contract orders-api");
     assert_eq!(contract.service_id, service.service_id);
     let ops: Vec<_> = contract
         .operations
@@ -88,18 +96,26 @@ fn example_policy_compiles_to_the_demo_tables() {
     let grant = |ops: &[&str]| v1::Grant {
         service_id: service.service_id,
         operations: ops.iter().map(|o| o.to_string()).collect(),
+        tools: vec![],
     };
     let policies: Vec<_> = snap
         .access_policies
         .iter()
         .map(|p| p.name.as_str())
         .collect();
-    assert_eq!(policies, ["billing-agent-orders", "partner-portal-orders"]);
+    assert_eq!(
+        policies,
+        [
+            "billing-agent-orders",
+            "billing-agent-tools",
+            "partner-portal-orders"
+        ]
+    );
     let agent = &snap.access_policies[0];
     assert_eq!(agent.subjects, billing_agent());
     assert_eq!(agent.allow, [grant(&["listOrders", "getOrder"])]);
     assert_eq!(agent.deny, [grant(&["deleteOrder"])]);
-    let partner = &snap.access_policies[1];
+    let partner = &snap.access_policies[2];
     assert_eq!(
         partner.subjects,
         [v1::Subject {
@@ -113,7 +129,7 @@ fn example_policy_compiles_to_the_demo_tables() {
     assert!(partner.deny.is_empty());
 
     assert_eq!(
-        snap.quotas,
+        snap.quotas[..1],
         [v1::Quota {
             name: "billing-agent-list-orders".into(),
             namespace: "shop".into(),
@@ -124,6 +140,53 @@ fn example_policy_compiles_to_the_demo_tables() {
             period_seconds: 60,
             burst: 5,
             mode: v1::QuotaMode::Enforce as i32,
+            tool: String::new(),
         }]
+    );
+}
+
+#[test]
+fn example_mcp_contract_compiles() {
+    let snap = snapshot();
+    let service = snap
+        .services
+        .iter()
+        .find(|s| s.name == "crm-tools")
+        .expect("service crm-tools");
+    assert_eq!(service.protocol, v1::Protocol::Mcp as i32);
+    assert_eq!((service.ip.as_str(), service.port), ("10.96.0.20", 8080));
+    let contract = snap
+        .contracts
+        .iter()
+        .find(|c| c.name == "crm-tools")
+        .expect("contract crm-tools");
+    let mcp = contract.mcp.as_ref().expect("mcp settings");
+    assert_eq!((mcp.path.as_str(), mcp.sse_path.as_str()), ("/mcp", "/sse"));
+    assert!(!mcp.allow_unlisted_tools);
+    let tools: Vec<_> = mcp.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        tools,
+        [
+            "search_customers",
+            "delete_customer",
+            "send_invoice",
+            "echo"
+        ]
+    );
+    assert_eq!(mcp.tools[2].secret_arguments, ["api_token"]);
+    let tools_policy = snap
+        .access_policies
+        .iter()
+        .find(|p| p.name == "billing-agent-tools")
+        .unwrap();
+    assert_eq!(tools_policy.deny[0].tools, ["delete_*"]);
+    let quota = snap
+        .quotas
+        .iter()
+        .find(|q| q.name == "billing-agent-search")
+        .unwrap();
+    assert_eq!(
+        (quota.tool.as_str(), quota.requests),
+        ("search_customers", 3)
     );
 }

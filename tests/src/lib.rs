@@ -22,6 +22,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod http;
 pub mod issuer;
+pub mod mcp;
 pub mod metrics;
 pub mod netns;
 pub mod node;

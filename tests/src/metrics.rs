@@ -7,13 +7,18 @@ impl SimNode {
     /// The sum of the agent's samples whose name (and labels) start with `prefix`,
     /// e.g. `stoa_proxy_connections_total{verdict="accepted"}`.
     pub fn agent_metric(&self, prefix: &str) -> f64 {
+        sum_samples(&self.agent_metrics_text(), prefix)
+    }
+
+    /// The agent's whole Prometheus exposition.
+    pub fn agent_metrics_text(&self) -> String {
         let out = self.curl(&[&format!("http://{AGENT_METRICS_ADDR}/metrics")]);
         assert!(
             out.status.success(),
             "scraping the agent's metrics failed: {}",
             out.stderr_str()
         );
-        sum_samples(&out.stdout_str(), prefix)
+        out.stdout_str()
     }
 
     /// The snapshot version the agent has applied (0 before the first).

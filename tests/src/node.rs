@@ -185,6 +185,11 @@ impl SimNode {
         self.inner.tmp_path.join("policy")
     }
 
+    /// The agent's MCP usage ledger (`--usage-dir`) for this node.
+    pub fn usage_dir(&self) -> PathBuf {
+        self.inner.tmp_path.join("usage")
+    }
+
     /// Folder receiving the stdout/stderr files of started processes.
     pub fn logs_dir(&self) -> PathBuf {
         self.inner.logs_dir()
@@ -347,8 +352,12 @@ impl SimNode {
             .arg("--pin-path")
             .arg(&self.inner.pin_path)
             .args(["--node-name", &self.inner.id])
-            .args(["--metrics-addr", AGENT_METRICS_ADDR])
-            .args(extra_args);
+            .args(["--metrics-addr", AGENT_METRICS_ADDR]);
+        // Each node keeps its own usage ledger, never the machine's default folder.
+        if !extra_args.contains(&"--usage-dir") {
+            cmd.arg("--usage-dir").arg(self.usage_dir());
+        }
+        cmd.args(extra_args);
         with_log_env(&mut cmd);
         let handle = self.inner.spawn("agent", &mut cmd);
         // The agent says when its proxy listens; a TCP probe would only be refused
@@ -498,6 +507,11 @@ impl Pod {
     /// The pod's cgroup id (the directory's inode), as the kernel programs see it.
     pub fn cgroup_id(&self) -> u64 {
         cgroup::id(&self.cgroup_path)
+    }
+
+    /// The node's temporary folder (removed with the node).
+    pub fn node_temp_dir(&self) -> PathBuf {
+        self.node.tmp_path.clone()
     }
 
     /// Pids currently in the pod's cgroup.

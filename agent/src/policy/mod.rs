@@ -1,9 +1,18 @@
 //! The L7 policy of a snapshot, compiled once per snapshot into the shapes the
 //! request path reads without allocating: route tables, per-contract access rules,
 //! quota rules, the API key index and workload attributes by identity.
+pub mod mcp;
 pub mod route;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddrV4,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use stoa_keys::KeyDigest;
 use stoa_proto::v1::{self as pb, subject::Kind as SubjectKind};
@@ -16,6 +25,7 @@ use crate::{
     },
     quota::Limit,
 };
+use mcp::{McpPolicy, ToolSet};
 use route::RouteTable;
 
 /// Request bodies larger than this are refused unless a contract says otherwise.
@@ -132,6 +142,9 @@ pub struct AccessRule {
     pub subjects: Vec<SubjectMatcher>,
     pub allow: Option<OperationSet>,
     pub deny: Option<OperationSet>,
+    /// MCP contracts: the tools the policy grants or denies.
+    pub allow_tools: Option<ToolSet>,
+    pub deny_tools: Option<ToolSet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +160,8 @@ pub struct QuotaRule {
     pub subjects: Vec<SubjectMatcher>,
     /// None: the whole contract.
     pub operation: Option<usize>,
+    /// MCP contracts: None counts every tools/call, Some one tool's.
+    pub tool: Option<String>,
     pub limit: Limit,
     pub mode: QuotaMode,
     /// Keys this rule's budgets; equal for an unchanged quota across snapshots.
@@ -156,6 +171,11 @@ pub struct QuotaRule {
 impl QuotaRule {
     pub fn applies(&self, operation: Option<usize>, principal: &Principal) -> bool {
         (self.operation.is_none() || self.operation == operation)
+            && any_subject_matches(&self.subjects, principal)
+    }
+
+    pub fn applies_to_tool(&self, tool: &str, principal: &Principal) -> bool {
+        self.tool.as_deref().is_none_or(|t| t == tool)
             && any_subject_matches(&self.subjects, principal)
     }
 }
@@ -266,6 +286,11 @@ pub struct ContractPolicy {
     pub jwt: Option<JwtVerifier>,
     pub rules: Vec<AccessRule>,
     pub quotas: Vec<QuotaRule>,
+    /// Set for protocol mcp.
+    pub mcp: Option<McpPolicy>,
+    /// Upstream endpoints behind the address; empty: the original destination.
+    pub backends: Vec<SocketAddrV4>,
+    next_backend: AtomicUsize,
 }
 
 impl ContractPolicy {
@@ -305,6 +330,50 @@ impl ContractPolicy {
         } else {
             AccessDecision::Denied("no AccessPolicy allows this operation".into())
         }
+    }
+
+    /// Whether `principal` may call (and see) MCP tool `tool`: the contract must list
+    /// it (unless unlisted tools are allowed), then deny wins and an allow is needed.
+    pub fn authorize_tool(&self, tool: &str, principal: &Principal) -> AccessDecision {
+        let Some(mcp) = &self.mcp else {
+            return AccessDecision::Denied("the contract governs no MCP tools".into());
+        };
+        if !mcp.allow_unlisted_tools && mcp.tool(tool).is_none() {
+            return AccessDecision::Denied(format!(
+                "tool {tool:?} is not listed in contract {}",
+                self.name
+            ));
+        }
+        let mut allowed = false;
+        for rule in &self.rules {
+            if !any_subject_matches(&rule.subjects, principal) {
+                continue;
+            }
+            if rule.deny_tools.as_ref().is_some_and(|d| d.contains(tool)) {
+                return AccessDecision::Denied(format!(
+                    "tool {tool:?} is denied by AccessPolicy {}",
+                    rule.policy
+                ));
+            }
+            if rule.allow_tools.as_ref().is_some_and(|a| a.contains(tool)) {
+                allowed = true;
+            }
+        }
+        if allowed {
+            AccessDecision::Allowed
+        } else {
+            AccessDecision::Denied(format!("no AccessPolicy allows tool {tool:?}"))
+        }
+    }
+
+    /// The upstream for a new exchange: the next backend in turn, or the address the
+    /// client connected to.
+    pub fn pick_upstream(&self, original_dst: SocketAddrV4) -> SocketAddrV4 {
+        if self.backends.is_empty() {
+            return original_dst;
+        }
+        let turn = self.next_backend.fetch_add(1, Ordering::Relaxed);
+        self.backends[turn % self.backends.len()]
     }
 }
 
@@ -459,6 +528,13 @@ fn compile_contract(
     let mut rules = Vec::new();
     for access in &snapshot.access_policies {
         let policy_name = format!("{}/{}", access.namespace, access.name);
+        let merge_tools = |grants: &[pb::Grant]| -> Option<ToolSet> {
+            grants
+                .iter()
+                .filter(|g| g.service_id == contract.service_id)
+                .map(|g| ToolSet::of(&g.tools))
+                .reduce(ToolSet::union)
+        };
         let merge = |grants: &[pb::Grant]| -> Result<Option<OperationSet>, PolicyError> {
             let mut merged: Option<OperationSet> = None;
             for grant in grants
@@ -488,6 +564,8 @@ fn compile_contract(
             subjects: compile_subjects(&access.subjects),
             allow,
             deny,
+            allow_tools: merge_tools(&access.allow),
+            deny_tools: merge_tools(&access.deny),
         });
     }
 
@@ -525,9 +603,10 @@ fn compile_contract(
         let cell_id = fnv1a(
             quota_name.as_bytes(),
             format!(
-                "{}|{}|{}|{}|{}",
+                "{}|{}|{}|{}|{}|{}",
                 contract.service_id,
                 quota.operation,
+                quota.tool,
                 limit.requests,
                 quota.period_seconds,
                 limit.burst
@@ -538,6 +617,7 @@ fn compile_contract(
             name: quota_name,
             subjects: compile_subjects(&quota.subjects),
             operation,
+            tool: non_empty(&quota.tool),
             limit,
             mode: if quota.mode == pb::QuotaMode::ReportOnly as i32 {
                 QuotaMode::ReportOnly
@@ -548,6 +628,18 @@ fn compile_contract(
         });
     }
 
+    let mcp = match &contract.mcp {
+        Some(settings) => Some(McpPolicy::compile(settings).map_err(fail)?),
+        None => None,
+    };
+    let backends = contract
+        .backends
+        .iter()
+        .map(|b| {
+            b.parse()
+                .map_err(|_| fail(format!("invalid backend {b:?} (expected IPv4:port)")))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(ContractPolicy {
         metrics: ContractMetrics::new(&name),
         service_id: contract.service_id,
@@ -566,6 +658,9 @@ fn compile_contract(
         jwt,
         rules,
         quotas,
+        mcp,
+        backends,
+        next_backend: AtomicUsize::new(0),
     })
 }
 
@@ -652,6 +747,7 @@ mod tests {
                     allow: vec![pb::Grant {
                         service_id: 7,
                         operations: vec![],
+                        tools: vec![],
                     }],
                     deny: vec![],
                 },
@@ -663,6 +759,7 @@ mod tests {
                     deny: vec![pb::Grant {
                         service_id: 7,
                         operations: vec!["deleteOrder".into()],
+                        tools: vec![],
                     }],
                 },
             ],

@@ -247,7 +247,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GuardedStream<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedStream<IO> {
+/// Unread input discarded at most when closing after an ambiguous request.
+const CLOSE_DRAIN_LIMIT: usize = 64 * 1024;
+
+impl<IO: AsyncWrite + AsyncRead + Unpin> AsyncWrite for GuardedStream<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -261,7 +264,24 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedStream<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        if matches!(result, Poll::Ready(Ok(()))) && self.verdict.is_ambiguous() {
+            // After an ambiguous request the rest of the client's bytes stay unread;
+            // closing over unread input sends a reset, which can destroy the 400 before
+            // the client reads it. Discard what has already arrived first.
+            let mut scratch = [0u8; 4096];
+            let mut discarded = 0;
+            while discarded < CLOSE_DRAIN_LIMIT {
+                let mut buf = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                        discarded += buf.filled().len();
+                    }
+                    _ => break,
+                }
+            }
+        }
+        result
     }
 
     fn poll_write_vectored(

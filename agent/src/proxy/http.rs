@@ -29,6 +29,7 @@ use tracing::debug;
 use super::{
     answer::{self, QuotaState},
     framing::{FramingVerdict, GuardedStream},
+    mcp::{self, McpRuntime},
     Connection,
 };
 use crate::{
@@ -69,6 +70,8 @@ pub struct HttpContext {
     pub quotas: Arc<QuotaStore>,
     /// The node secret API key hashes are keyed with; None disables API keys.
     pub api_key_secret: Option<Arc<[u8]>>,
+    /// MCP sessions, usage ledger and audit sink.
+    pub mcp: Arc<McpRuntime>,
     http1: Client<HttpConnector, ProxyBody>,
     http2: Client<HttpConnector, ProxyBody>,
 }
@@ -78,6 +81,7 @@ impl HttpContext {
         tables: Arc<ProxyTables>,
         quotas: Arc<QuotaStore>,
         api_key_secret: Option<Arc<[u8]>>,
+        mcp: Arc<McpRuntime>,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
@@ -100,6 +104,7 @@ impl HttpContext {
             tables,
             quotas,
             api_key_secret,
+            mcp,
             http1,
             http2,
         }
@@ -167,16 +172,19 @@ impl KeyCache {
 }
 
 /// The access record of one request; emitted once, whatever the outcome.
-struct Record<'a> {
+pub(super) struct Record<'a> {
     conn: &'a Connection,
-    started: Instant,
+    pub(super) started: Instant,
     method: hyper::Method,
     path: String,
     contract: Option<Arc<ContractPolicy>>,
     operation: Option<usize>,
-    principal: Principal,
-    decision: Decision,
-    reason: String,
+    pub(super) principal: Principal,
+    pub(super) decision: Decision,
+    pub(super) reason: String,
+    /// MCP: the JSON-RPC method and tool of a single-message POST.
+    pub(super) mcp_method: Option<String>,
+    pub(super) mcp_tool: Option<String>,
 }
 
 impl Record<'_> {
@@ -208,6 +216,8 @@ impl Record<'_> {
             status = status.as_u16(),
             decision = self.decision.as_str(),
             reason = %self.reason,
+            mcp.method = self.mcp_method.as_deref().unwrap_or(""),
+            mcp.tool = self.mcp_tool.as_deref().unwrap_or(""),
             duration = duration.as_micros() as u64,
             "request"
         );
@@ -235,6 +245,8 @@ async fn handle(
         },
         decision: Decision::Forwarded,
         reason: String::new(),
+        mcp_method: None,
+        mcp_tool: None,
     };
     let version = request.version();
     let response = match pipeline(
@@ -272,7 +284,7 @@ async fn handle(
 }
 
 /// A request answered by the proxy itself.
-struct Rejection {
+pub(super) struct Rejection {
     response: Response<ProxyBody>,
     decision: Decision,
     reason: String,
@@ -375,12 +387,32 @@ async fn pipeline(
         ));
     }
 
+    // The OAuth resource metadata of an MCP server is public.
+    if let Some(metadata) = mcp::well_known(&parts.method, &forward_path, &contract) {
+        return Ok(metadata);
+    }
+
     // Identify.
     if let Err(rejection) = identify(&mut parts, key_cache, &contract, ctx, tables, record).await {
         return Err(Rejection {
             body: Some(body),
             ..rejection
         });
+    }
+
+    if contract.mcp.is_some() {
+        let stoa_headers = upstream_identity_headers(&contract, record);
+        return mcp::handle(mcp::Exchange {
+            parts,
+            body,
+            conn,
+            ctx,
+            contract,
+            record,
+            forward_path,
+            stoa_headers,
+        })
+        .await;
     }
 
     // Authorize.
@@ -553,7 +585,20 @@ async fn identify(
     if contract.requires_credential() {
         let mut challenges = Vec::new();
         if contract.jwt.is_some() {
-            challenges.push(format!("Bearer realm=\"{}\"", contract.name));
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_else(|| record.conn.original_dst.to_string());
+            // An MCP client finds its authorization server through this (RFC 9728).
+            challenges.push(match mcp::resource_metadata_url(contract, &host) {
+                Some(url) => format!(
+                    "Bearer realm=\"{}\", resource_metadata=\"{url}\"",
+                    contract.name
+                ),
+                None => format!("Bearer realm=\"{}\"", contract.name),
+            });
         }
         if let Some(source) = &contract.api_key {
             challenges.push(api_key_challenge(source));
@@ -653,7 +698,7 @@ fn upstream_identity_headers(
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    mut parts: hyper::http::request::Parts,
+    parts: hyper::http::request::Parts,
     body: Incoming,
     conn: &Connection,
     ctx: &HttpContext,
@@ -662,9 +707,44 @@ async fn forward(
     stoa_headers: &[(HeaderName, HeaderValue)],
     record: &mut Record<'_>,
 ) -> Result<Response<ProxyBody>, Rejection> {
+    let body: ProxyBody = match max_body {
+        Some(limit) => Limited::new(body, limit as usize).boxed(),
+        None => body.map_err(|err| Box::new(err) as BoxError).boxed(),
+    };
+    let upstream = match &record.contract {
+        Some(contract) => contract.pick_upstream(conn.original_dst),
+        None => conn.original_dst,
+    };
+    let response = send_upstream(
+        parts,
+        body,
+        conn,
+        upstream,
+        forward_path,
+        ctx,
+        stoa_headers,
+        record,
+    )
+    .await?;
+    Ok(response.map(|body| body.map_err(|err| Box::new(err) as BoxError).boxed()))
+}
+
+/// Sends the request to `upstream` (the original destination or a contract backend)
+/// and returns its answer, hop-by-hop headers removed.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn send_upstream(
+    mut parts: hyper::http::request::Parts,
+    body: ProxyBody,
+    conn: &Connection,
+    upstream: SocketAddrV4,
+    forward_path: &str,
+    ctx: &HttpContext,
+    stoa_headers: &[(HeaderName, HeaderValue)],
+    record: &mut Record<'_>,
+) -> Result<Response<Incoming>, Rejection> {
     let target = match parts.uri.query() {
-        Some(query) => format!("http://{}{forward_path}?{query}", conn.original_dst),
-        None => format!("http://{}{forward_path}", conn.original_dst),
+        Some(query) => format!("http://{upstream}{forward_path}?{query}"),
+        None => format!("http://{upstream}{forward_path}"),
     };
     parts.uri = target.parse().map_err(|_| {
         reject(
@@ -683,10 +763,6 @@ async fn forward(
     if !use_http2 {
         parts.version = Version::HTTP_11;
     }
-    let body: ProxyBody = match max_body {
-        Some(limit) => Limited::new(body, limit as usize).boxed(),
-        None => body.map_err(|err| Box::new(err) as BoxError).boxed(),
-    };
     let request = Request::from_parts(parts, body);
     let client = if use_http2 { &ctx.http2 } else { &ctx.http1 };
     let response = tokio::time::timeout(UPSTREAM_RESPONSE_TIMEOUT, client.request(request)).await;
@@ -695,10 +771,7 @@ async fn forward(
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             record.decision = Decision::Forwarded;
-            Ok(Response::from_parts(
-                parts,
-                body.map_err(|err| Box::new(err) as BoxError).boxed(),
-            ))
+            Ok(Response::from_parts(parts, body))
         }
         Ok(Err(err)) => {
             if is_body_too_large(&err) {
@@ -714,7 +787,7 @@ async fn forward(
                 StatusCode::BAD_GATEWAY,
                 Decision::UpstreamError,
                 "upstream-unavailable",
-                format!("upstream {} failed: {err}", conn.original_dst),
+                format!("upstream {upstream} failed: {err}"),
                 None,
             ))
         }
@@ -722,7 +795,7 @@ async fn forward(
             StatusCode::GATEWAY_TIMEOUT,
             Decision::UpstreamError,
             "upstream-timeout",
-            format!("upstream {} did not answer in time", conn.original_dst),
+            format!("upstream {upstream} did not answer in time"),
             None,
         )),
     }

@@ -3,6 +3,8 @@
 mod answer;
 mod framing;
 pub mod http;
+mod mcp;
+mod sse;
 mod tcp;
 
 use std::{
@@ -17,6 +19,7 @@ use tracing::{debug, warn};
 use crate::{datapath::PeerLookup, snapshot::ServiceProtocol, tables::ProxyTables};
 
 pub use http::HttpContext;
+pub use mcp::McpRuntime;
 
 /// What the proxy knows about one redirected connection.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +91,9 @@ pub async fn serve(
         let http = http.clone();
         tokio::spawn(async move {
             match protocol {
-                Some(ServiceProtocol::Http) => http::serve_connection(stream, conn, http).await,
+                Some(ServiceProtocol::Http | ServiceProtocol::Mcp) => {
+                    http::serve_connection(stream, conn, http).await
+                }
                 // A service removed between connect() and accept() was governed when the
                 // client connected: carry its bytes rather than break the connection.
                 Some(ServiceProtocol::Tcp) | None => tcp::splice(stream, conn).await,

@@ -1,9 +1,10 @@
-//! The L7 tables of a snapshot: contracts (operations, credentials), consumers, access
-//! policies and quotas, with references resolved to service ids.
+//! The L7 tables of a snapshot: contracts (credentials, operations, MCP settings and
+//! tools), consumers, access policies and quotas, with references resolved to service
+//! ids.
 //!
 //! Lists are sorted by (namespace, name) so that the same policy compiles to the same
 //! snapshot whatever its file layout; entries inside an object keep their written order
-//! (operations, keys, subjects, grants).
+//! (operations, tools, backends, keys, subjects, grants).
 
 use std::collections::HashMap;
 
@@ -12,8 +13,8 @@ use stoa_proto::v1;
 use super::{service_key, CompileError, IdentityAllocator};
 use crate::load::PolicySet;
 use crate::policy::{
-    ApiContract, CredentialKind, Grant, Labels, Namespace, ObjectMeta, Protocol, QuotaMode,
-    Subject, UnmatchedRoutes,
+    ApiContract, CredentialKind, Grant, Labels, Namespace, ObjectMeta, OtherMethods, Protocol,
+    QuotaMode, Subject, Tool, UnlistedTools, UnmatchedRoutes,
 };
 use crate::refs::{Catalog, RefError};
 
@@ -42,21 +43,28 @@ pub(super) fn compile(
             })
     };
     let grant = |namespace: &Namespace, grant: &Grant| -> Result<v1::Grant, CompileError> {
-        let contract = catalog.http_contract(namespace, &grant.contract)?;
+        let contract = catalog.governed_contract(namespace, &grant.contract)?;
+        if grant.operations.is_some() {
+            Catalog::expect_protocol(contract, Protocol::Http, "operations")?;
+        }
         for operation in grant.operations() {
             Catalog::operation(contract, operation)?;
+        }
+        if grant.tools.is_some() {
+            Catalog::expect_protocol(contract, Protocol::Mcp, "tools")?;
+        }
+        for tool in grant.tools().iter().filter(|t| !t.is_glob()) {
+            Catalog::tool(contract, tool)?;
         }
         Ok(v1::Grant {
             service_id: service_id(contract)?,
             operations: grant.operations().iter().map(|o| o.to_string()).collect(),
+            tools: grant.tools().iter().map(|t| t.to_string()).collect(),
         })
     };
 
     let mut tables = Tables::default();
-    for c in set
-        .contracts()
-        .filter(|c| c.spec.protocol == Protocol::Http)
-    {
+    for c in set.contracts().filter(|c| c.spec.protocol.is_governed()) {
         tables.contracts.push(contract(c, service_id(c)?));
     }
     for c in set.consumers() {
@@ -102,9 +110,15 @@ pub(super) fn compile(
         });
     }
     for q in set.quotas() {
-        let contract = catalog.http_contract(&q.metadata.namespace, &q.spec.scope.contract)?;
-        if let Some(operation) = &q.spec.scope.operation {
+        let scope = &q.spec.scope;
+        let contract = catalog.governed_contract(&q.metadata.namespace, &scope.contract)?;
+        if let Some(operation) = &scope.operation {
+            Catalog::expect_protocol(contract, Protocol::Http, "operations")?;
             Catalog::operation(contract, operation)?;
+        }
+        if let Some(tool) = &scope.tool {
+            Catalog::expect_protocol(contract, Protocol::Mcp, "tools")?;
+            Catalog::tool(contract, tool)?;
         }
         let limit = q.spec.limit;
         tables.quotas.push(v1::Quota {
@@ -127,6 +141,11 @@ pub(super) fn compile(
                 QuotaMode::Enforce => v1::QuotaMode::Enforce,
                 QuotaMode::ReportOnly => v1::QuotaMode::ReportOnly,
             } as i32,
+            tool: scope
+                .tool
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         });
     }
 
@@ -185,6 +204,63 @@ fn contract(c: &ApiContract, service_id: u32) -> v1::Contract {
         credentials,
         pass_unmatched_routes: spec.unmatched_routes() == UnmatchedRoutes::Pass,
         max_request_body_bytes: spec.max_request_body_bytes.map_or(0, |n| n.get()),
+        backends: spec.backends().iter().map(ToString::to_string).collect(),
+        mcp: (spec.protocol == Protocol::Mcp).then(|| mcp(c)),
+    }
+}
+
+/// An mcp contract's settings, defaults written out.
+fn mcp(c: &ApiContract) -> v1::McpSettings {
+    let settings = c.spec.mcp();
+    v1::McpSettings {
+        path: settings.path.to_string(),
+        sse_path: settings.sse_path.to_string(),
+        allow_unlisted_tools: settings.unlisted_tools == UnlistedTools::Allow,
+        deny_other_methods: settings.other_methods == OtherMethods::Deny,
+        tools: c.spec.tools().iter().map(tool).collect(),
+        oauth: settings.oauth.map(|oauth| v1::OAuthResource {
+            resource: oauth.resource.to_string(),
+            authorization_servers: oauth
+                .authorization_servers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            scopes_supported: oauth
+                .scopes_supported()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }),
+    }
+}
+
+fn tool(tool: &Tool) -> v1::Tool {
+    v1::Tool {
+        name: tool.name.to_string(),
+        arguments: tool
+            .arguments()
+            .map(|(name, constraint)| {
+                let constraint = v1::ArgumentConstraint {
+                    allowed_values: constraint
+                        .allowed_values()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    pattern: constraint
+                        .pattern
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    max_length: constraint.max_length.map_or(0, |n| n.get()),
+                };
+                (name.to_string(), constraint)
+            })
+            .collect(),
+        secret_arguments: tool
+            .secret_arguments()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
@@ -275,12 +351,12 @@ mod tests {
     }
 
     #[test]
-    fn contracts_for_http_services_only() {
+    fn contracts_for_http_and_mcp_services_only() {
         let snap = snapshot();
         let names: Vec<_> = snap.contracts.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["health", "orders-api"]);
+        assert_eq!(names, ["crm-tools", "docs-search", "health", "orders-api"]);
 
-        let orders = &snap.contracts[1];
+        let orders = &snap.contracts[3];
         assert_eq!(orders.service_id, service_id(&snap, "orders-api"));
         assert_eq!(orders.namespace, "shop");
         let ops: Vec<_> = orders
@@ -316,14 +392,110 @@ mod tests {
         );
         assert!(orders.pass_unmatched_routes);
         assert_eq!(orders.max_request_body_bytes, 1 << 20);
+        assert!(orders.backends.is_empty());
+        assert_eq!(orders.mcp, None);
 
         // Nothing declared: no credentials, no operations, the defaults.
-        let health = &snap.contracts[0];
+        let health = &snap.contracts[2];
         assert_eq!(health.service_id, service_id(&snap, "health"));
         assert_eq!(health.credentials, None);
         assert!(health.operations.is_empty());
         assert!(!health.pass_unmatched_routes);
         assert_eq!(health.max_request_body_bytes, 0);
+        assert_eq!(health.mcp, None);
+    }
+
+    #[test]
+    fn mcp_contracts() {
+        let snap = snapshot();
+        let service = snap
+            .services
+            .iter()
+            .find(|s| s.name == "crm-tools")
+            .unwrap();
+        assert_eq!(service.protocol, v1::Protocol::Mcp as i32);
+        assert_eq!((service.ip.as_str(), service.port), ("10.96.0.20", 8080));
+
+        let crm = &snap.contracts[0];
+        assert_eq!(crm.service_id, service.service_id);
+        assert_eq!(crm.backends, ["10.200.1.2:8080", "10.200.2.2:8080"]);
+        assert!(crm.operations.is_empty());
+        assert!(!crm.pass_unmatched_routes);
+        assert_eq!(crm.max_request_body_bytes, 65_536);
+        let credentials = crm.credentials.as_ref().unwrap();
+        assert!(credentials.workload);
+        assert_eq!(credentials.api_key, None);
+        assert_eq!(
+            credentials.jwt.as_ref().unwrap().audiences,
+            ["http://10.96.0.20:8080/mcp"]
+        );
+        let constraint = |allowed: &[&str], pattern: &str, max_length| v1::ArgumentConstraint {
+            allowed_values: allowed.iter().map(|v| v.to_string()).collect(),
+            pattern: pattern.into(),
+            max_length,
+        };
+        assert_eq!(
+            crm.mcp,
+            Some(v1::McpSettings {
+                path: "/mcp".into(),
+                sse_path: "/events".into(),
+                allow_unlisted_tools: false,
+                deny_other_methods: true,
+                tools: vec![
+                    v1::Tool {
+                        name: "search_customers".into(),
+                        arguments: HashMap::from([
+                            ("query".to_owned(), constraint(&[], "^[a-z ]+$", 64)),
+                            ("region".to_owned(), constraint(&["eu", "us"], "", 0)),
+                            (
+                                "limit".to_owned(),
+                                constraint(&["10", "50", "2.5", "true"], "", 0)
+                            ),
+                        ]),
+                        secret_arguments: vec!["api_token".into()],
+                    },
+                    v1::Tool {
+                        name: "get_customer".into(),
+                        arguments: HashMap::new(),
+                        secret_arguments: vec![],
+                    },
+                ],
+                oauth: Some(v1::OAuthResource {
+                    resource: "http://10.96.0.20:8080/mcp".into(),
+                    authorization_servers: vec!["https://issuer.stoa.test".into()],
+                    scopes_supported: vec!["tools.read".into(), "tools.call".into()],
+                }),
+            })
+        );
+
+        // Nothing declared: the defaults written out.
+        let docs = &snap.contracts[1];
+        assert_eq!(docs.name, "docs-search");
+        assert_eq!(docs.credentials, None);
+        assert!(docs.backends.is_empty());
+        assert_eq!(
+            docs.mcp,
+            Some(v1::McpSettings {
+                path: "/mcp".into(),
+                sse_path: "/sse".into(),
+                allow_unlisted_tools: false,
+                deny_other_methods: false,
+                tools: vec![],
+                oauth: None,
+            })
+        );
+    }
+
+    #[test]
+    fn unlisted_tools_allowed() {
+        let yaml = "apiVersion: gostoa.dev/v1alpha1\nkind: ApiContract\nmetadata: {name: c}\n\
+                    spec: {protocol: mcp, address: 10.0.0.1:80, mcp: {unlistedTools: allow}}\n\
+                    ---\napiVersion: gostoa.dev/v1alpha1\nkind: Quota\nmetadata: {name: q}\n\
+                    spec: {subjects: [{workload: {}}], scope: {contract: c, tool: anything}, \
+                    limit: {requests: 1, per: second}}\n";
+        let snap = Compiler::new().compile(&load(yaml)).unwrap();
+        assert!(snap.contracts[0].mcp.as_ref().unwrap().allow_unlisted_tools);
+        assert_eq!(snap.quotas[0].tool, "anything");
     }
 
     #[test]
@@ -372,18 +544,46 @@ mod tests {
         let snap = snapshot();
         let orders = service_id(&snap, "orders-api");
         let health = service_id(&snap, "health");
+        let crm = service_id(&snap, "crm-tools");
+        let docs = service_id(&snap, "docs-search");
         let subject = |kind| v1::Subject { kind: Some(kind) };
+        let billing_agent = subject(v1::subject::Kind::Workload(v1::WorkloadSelector {
+            namespace: "finance".into(),
+            service_account: "billing-agent".into(),
+            labels: HashMap::new(),
+        }));
         assert_eq!(
-            snap.access_policies,
+            snap.access_policies[0],
+            v1::AccessPolicy {
+                name: "crm-agents".into(),
+                namespace: "shop".into(),
+                subjects: vec![billing_agent.clone()],
+                allow: vec![
+                    v1::Grant {
+                        service_id: crm,
+                        operations: vec![],
+                        tools: vec!["search_*".into(), "get_customer".into()],
+                    },
+                    v1::Grant {
+                        service_id: docs,
+                        operations: vec![],
+                        tools: vec![],
+                    },
+                ],
+                deny: vec![v1::Grant {
+                    service_id: crm,
+                    operations: vec![],
+                    tools: vec!["*_admin".into()],
+                }],
+            }
+        );
+        assert_eq!(
+            snap.access_policies[1..],
             [v1::AccessPolicy {
                 name: "orders-readers".into(),
                 namespace: "shop".into(),
                 subjects: vec![
-                    subject(v1::subject::Kind::Workload(v1::WorkloadSelector {
-                        namespace: "finance".into(),
-                        service_account: "billing-agent".into(),
-                        labels: HashMap::new(),
-                    })),
+                    billing_agent,
                     subject(v1::subject::Kind::Consumer(v1::ConsumerSelector {
                         name: "partner-portal".into(),
                         labels: HashMap::new(),
@@ -401,15 +601,18 @@ mod tests {
                     v1::Grant {
                         service_id: orders,
                         operations: vec!["listOrders".into(), "getOrder".into()],
+                        tools: vec![],
                     },
                     v1::Grant {
                         service_id: health,
                         operations: vec![],
+                        tools: vec![],
                     },
                 ],
                 deny: vec![v1::Grant {
                     service_id: orders,
                     operations: vec!["deleteOrder".into()],
+                    tools: vec![],
                 }],
             }]
         );
@@ -421,11 +624,15 @@ mod tests {
         let orders = service_id(&snap, "orders-api");
         let names: Vec<_> = snap.quotas.iter().map(|q| q.name.as_str()).collect();
         // Sorted by namespace, then name.
-        assert_eq!(names, ["agent-list-orders", "partner-monthly"]);
+        assert_eq!(
+            names,
+            ["agent-list-orders", "crm-search", "partner-monthly"]
+        );
         let agent = &snap.quotas[0];
         assert_eq!(agent.namespace, "finance");
         assert_eq!(agent.service_id, orders);
         assert_eq!(agent.operation, "listOrders");
+        assert_eq!(agent.tool, "");
         assert_eq!(
             (agent.requests, agent.period_seconds, agent.burst),
             (5, 60, 2)
@@ -441,7 +648,14 @@ mod tests {
                 })),
             }]
         );
-        let monthly = &snap.quotas[1];
+        let crm = &snap.quotas[1];
+        assert_eq!(crm.service_id, service_id(&snap, "crm-tools"));
+        assert_eq!(
+            (crm.operation.as_str(), crm.tool.as_str()),
+            ("", "search_customers")
+        );
+        assert_eq!((crm.requests, crm.period_seconds, crm.burst), (10, 1, 10));
+        let monthly = &snap.quotas[2];
         assert_eq!(monthly.service_id, orders);
         assert_eq!(monthly.operation, "");
         // A month is 30 days; burst defaults to the request count.
@@ -483,6 +697,12 @@ mod tests {
             ("groups: [ops, finance]", "groups: [ops]"),
             ("requests: 5,", "requests: 6,"),
             ("mode: reportOnly", "mode: enforce"),
+            ("ssePath: /events", "ssePath: /stream"),
+            ("otherMethods: deny", "otherMethods: allow"),
+            ("[eu, us]", "[eu]"),
+            ("get_customer]", "get_customer, list_*]"),
+            ("tool: search_customers", "tool: get_customer"),
+            ("\"10.200.2.2:8080\"]", "\"10.200.2.3:8080\"]"),
         ] {
             assert!(!same_content(&base, &changed(from, to)), "{from} -> {to}");
         }

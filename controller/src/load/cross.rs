@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Located, Reporter};
 use crate::policy::{
-    ApiKeyHash, Document, FieldPath, Grant, Issue, Kind, Namespace, ObjectKey, Subject,
+    ApiKeyHash, Document, FieldPath, Grant, Issue, Kind, Namespace, ObjectKey, Protocol, Subject,
 };
 use crate::refs::{Catalog, RefError};
 
@@ -162,15 +162,26 @@ fn references(reporter: &mut Reporter, docs: &[Located], broken: &HashSet<(Kind,
                     &mut |path, at_path, err| report(at, path, at_path, err),
                 );
                 let scope = FieldPath::new("spec.scope");
-                match catalog.http_contract(namespace, &q.spec.scope.contract) {
-                    Ok(contract) => {
-                        if let Some(operation) = &q.spec.scope.operation {
-                            if let Err(err) = Catalog::operation(contract, operation) {
-                                report(at, scope.key("operation"), None, err);
-                            }
-                        }
+                let contract = match catalog.governed_contract(namespace, &q.spec.scope.contract) {
+                    Ok(contract) => contract,
+                    Err(err) => {
+                        report(at, scope.key("contract"), None, err);
+                        continue;
                     }
-                    Err(err) => report(at, scope.key("contract"), None, err),
+                };
+                if let Some(operation) = &q.spec.scope.operation {
+                    let found = Catalog::expect_protocol(contract, Protocol::Http, "operations")
+                        .and_then(|()| Catalog::operation(contract, operation).map(drop));
+                    if let Err(err) = found {
+                        report(at, scope.key("operation"), None, err);
+                    }
+                }
+                if let Some(tool) = &q.spec.scope.tool {
+                    let found = Catalog::expect_protocol(contract, Protocol::Mcp, "tools")
+                        .and_then(|()| Catalog::tool(contract, tool).map(drop));
+                    if let Err(err) = found {
+                        report(at, scope.key("tool"), None, err);
+                    }
                 }
             }
             _ => {}
@@ -209,15 +220,39 @@ fn grant_refs(
     path: &FieldPath,
     report: &mut dyn FnMut(FieldPath, RefError),
 ) {
-    match catalog.http_contract(namespace, &grant.contract) {
-        Ok(contract) => {
-            for (j, operation) in grant.operations().iter().enumerate() {
-                if let Err(err) = Catalog::operation(contract, operation) {
-                    report(path.key("operations").index(j), err);
+    let contract = match catalog.governed_contract(namespace, &grant.contract) {
+        Ok(contract) => contract,
+        Err(err) => return report(path.key("contract"), err),
+    };
+    if grant.operations.is_some() {
+        match Catalog::expect_protocol(contract, Protocol::Http, "operations") {
+            Ok(()) => {
+                for (j, operation) in grant.operations().iter().enumerate() {
+                    if let Err(err) = Catalog::operation(contract, operation) {
+                        report(path.key("operations").index(j), err);
+                    }
                 }
             }
+            Err(err) => report(path.key("operations"), err),
         }
-        Err(err) => report(path.key("contract"), err),
+    }
+    if grant.tools.is_some() {
+        match Catalog::expect_protocol(contract, Protocol::Mcp, "tools") {
+            Ok(()) => {
+                // A glob names no tool in particular: matching none is not an error.
+                let names = grant
+                    .tools()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| !t.is_glob());
+                for (j, tool) in names {
+                    if let Err(err) = Catalog::tool(contract, tool) {
+                        report(path.key("tools").index(j), err);
+                    }
+                }
+            }
+            Err(err) => report(path.key("tools"), err),
+        }
     }
 }
 
@@ -261,10 +296,26 @@ mod tests {
         )
     }
 
+    fn mcp_contracts() -> String {
+        doc(
+            "ApiContract",
+            "crm",
+            "  protocol: mcp\n  address: 10.0.0.4:80\n  tools: [{name: search}, {name: get}]\n",
+        ) + &doc(
+            "ApiContract",
+            "open",
+            "  protocol: mcp\n  address: 10.0.0.5:80\n  mcp: {unlistedTools: allow}\n",
+        ) + &doc(
+            "ApiContract",
+            "empty",
+            "  protocol: mcp\n  address: 10.0.0.6:80\n",
+        )
+    }
+
     #[test]
     fn full_policy_is_valid() {
         let set = load(FULL);
-        assert_eq!(set.documents.len(), 8);
+        assert_eq!(set.documents.len(), 12);
     }
 
     #[test]
@@ -282,8 +333,8 @@ mod tests {
             &errs,
             &[
                 "spec.allow[0].contract: unknown ApiContract shop/missing",
-                "spec.allow[1].contract: ApiContract shop/db has protocol tcp: only http \
-                 contracts have operations, access rules and quotas",
+                "spec.allow[1].contract: ApiContract shop/db has protocol tcp: only http and \
+                 mcp contracts have access rules and quotas",
                 "spec.allow[2].operations[1]: ApiContract shop/orders-api has no operation \
                  \"getOrder\" (it has listOrders)",
                 "spec.allow[3].contract: unknown ApiContract other/orders-api",
@@ -321,8 +372,8 @@ mod tests {
             &errors(&text),
             &[
                 "spec.scope.contract: unknown ApiContract shop/nope",
-                "spec.scope.contract: ApiContract shop/db has protocol tcp: only http contracts \
-                 have operations, access rules and quotas",
+                "spec.scope.contract: ApiContract shop/db has protocol tcp: only http and mcp \
+                 contracts have access rules and quotas",
                 "spec.scope.operation: ApiContract shop/orders-api has no operation \
                  \"getOrder\" (it has listOrders)",
             ],
@@ -423,6 +474,78 @@ mod tests {
                 "t.yaml:6:22: document 1 (Consumer pp): spec.apiKeys[0].hash: an API key hash \
                  must start with \"hmac-sha256:\" (compute it with `stoa keys hash`)"
             ]
+        );
+    }
+
+    #[test]
+    fn grant_tool_references() {
+        let policy = doc(
+            "AccessPolicy",
+            "p",
+            "  subjects: [{workload: {}}]\n  allow:\n    \
+             - {contract: orders-api, tools: [listOrders]}\n    \
+             - {contract: crm, operations: [listOrders]}\n    \
+             - {contract: crm, tools: [search, delete, \"del*\", \"x?\"]}\n    \
+             - {contract: open, tools: [anything]}\n    \
+             - {contract: empty, tools: [anything, \"*\"]}\n    \
+             - {contract: crm}\n    - {contract: empty}\n  \
+             deny:\n    - {contract: db, tools: [x]}\n",
+        );
+        let errs = errors(&(policy + &contracts() + &mcp_contracts()));
+        assert_messages(
+            &errs,
+            &[
+                "spec.allow[0].tools: ApiContract shop/orders-api has protocol http: tools are \
+                 only for mcp contracts",
+                "spec.allow[1].operations: ApiContract shop/crm has protocol mcp: operations \
+                 are only for http contracts",
+                "spec.allow[2].tools[1]: ApiContract shop/crm has no tool \"delete\" (it has \
+                 search, get); unlisted tools are denied",
+                "spec.allow[4].tools[0]: ApiContract shop/empty has no tool \"anything\" (it \
+                 lists no tools); unlisted tools are denied",
+                "spec.deny[0].contract: ApiContract shop/db has protocol tcp: only http and mcp \
+                 contracts have access rules and quotas",
+            ],
+        );
+        assert!(errs[0].starts_with("t.yaml:7:37: "), "{errs:#?}");
+        assert!(errs[2].starts_with("t.yaml:9:39: "), "{errs:#?}");
+    }
+
+    #[test]
+    fn quota_tool_references() {
+        let quota = |name: &str, scope: &str| {
+            doc(
+                "Quota",
+                name,
+                &format!(
+                    "  subjects: [{{workload: {{}}}}]\n  scope: {scope}\n  \
+                     limit: {{requests: 1, per: second}}\n"
+                ),
+            )
+        };
+        let text = quota("q1", "{contract: orders-api, tool: listOrders}")
+            + &quota("q2", "{contract: crm, operation: search}")
+            + &quota("q3", "{contract: crm, tool: delete}")
+            + &quota("q4", "{contract: open, tool: anything}")
+            + &quota("q5", "{contract: crm, tool: search}")
+            + &quota("q6", "{contract: crm}")
+            + &contracts()
+            + &mcp_contracts();
+        let errs = errors(&text);
+        assert_messages(
+            &errs,
+            &[
+                "spec.scope.tool: ApiContract shop/orders-api has protocol http: tools are only \
+                 for mcp contracts",
+                "spec.scope.operation: ApiContract shop/crm has protocol mcp: operations are \
+                 only for http contracts",
+                "spec.scope.tool: ApiContract shop/crm has no tool \"delete\" (it has search, \
+                 get); unlisted tools are denied",
+            ],
+        );
+        assert!(
+            errs[2].starts_with("t.yaml:22:32: document 3 (Quota q3): "),
+            "{errs:#?}"
         );
     }
 }

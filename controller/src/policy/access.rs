@@ -1,9 +1,10 @@
-//! `AccessPolicy`: which subjects may (or may not) call which operations.
+//! `AccessPolicy`: which subjects may (or may not) call which operations or tools.
 
 use serde::Deserialize;
 
 use super::fields::ObjectRef;
 use super::http::OperationId;
+use super::mcp::ToolPattern;
 use super::path::{FieldPath, Issues};
 use super::subject::{check_subjects, Subject};
 use super::{Kind, Object, Spec};
@@ -39,15 +40,19 @@ impl Spec for AccessPolicySpec {
     }
 }
 
-/// Operations of one contract.
+/// Operations (http) or tools (mcp) of one contract; neither means all of it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Grant {
-    /// `NAME` (in the policy's namespace) or `NAMESPACE/NAME` of an http ApiContract.
+    /// `NAME` (in the policy's namespace) or `NAMESPACE/NAME` of an http or mcp
+    /// ApiContract.
     pub contract: ObjectRef,
-    /// Operation ids of that contract; omitted means all of its requests.
+    /// Operation ids of an http contract; omitted means all of its requests.
     #[serde(default)]
     pub operations: Option<Vec<OperationId>>,
+    /// Tool names or globs (`search_*`) of an mcp contract; omitted means all of it.
+    #[serde(default)]
+    pub tools: Option<Vec<ToolPattern>>,
 }
 
 impl Grant {
@@ -62,10 +67,24 @@ impl Grant {
             }
             issues.duplicates(operations, "operation", |i| path.index(i));
         }
+        if let Some(tools) = &self.tools {
+            let path = path.key("tools");
+            if tools.is_empty() {
+                issues.push(
+                    path.clone(),
+                    "must list at least one tool (omit the field for all of them)",
+                );
+            }
+            issues.duplicates(tools, "tool", |i| path.index(i));
+        }
     }
 
     pub fn operations(&self) -> &[OperationId] {
         self.operations.as_deref().unwrap_or_default()
+    }
+
+    pub fn tools(&self) -> &[ToolPattern] {
+        self.tools.as_deref().unwrap_or_default()
     }
 }
 
@@ -105,11 +124,14 @@ mod tests {
         let errs = errors(&policy(
             "  subjects: [{workload: {}}]\n  allow:\n    - {contract: orders-api, operations: []}\n  \
              deny:\n    - {contract: orders-api, operations: [listOrders, listOrders]}\n    \
-             - {contract: orders-api, tools: [x]}\n",
+             - {contract: orders-api, tool: x}\n",
         ));
         assert_messages(
             &errs,
-            &["spec.deny[1]: unknown field `tools`, expected `contract` or `operations`"],
+            &[
+                "spec.deny[1]: unknown field `tool`, expected one of `contract`, `operations`, \
+               `tools`",
+            ],
         );
         let errs = errors(&policy(
             "  subjects: [{workload: {}}]\n  allow:\n    - {contract: orders-api, operations: []}\n  \
@@ -131,6 +153,48 @@ mod tests {
             &["spec.allow[0].contract: invalid reference \"Orders/api\": namespace \"Orders\" is \
                not a valid DNS label (lowercase letters, digits and '-', starting and ending \
                with a letter or digit)"],
+        );
+    }
+
+    #[test]
+    fn grant_tools() {
+        let policy = |grants: &str| {
+            doc(
+                "AccessPolicy",
+                "p",
+                &format!("  subjects: [{{workload: {{}}}}]\n{grants}"),
+            ) + &doc(
+                "ApiContract",
+                "crm",
+                "  protocol: mcp\n  address: 10.0.0.1:80\n  mcp: {unlistedTools: allow}\n",
+            )
+        };
+        assert!(errors(&policy(
+            "  allow: [{contract: crm, tools: [\"search_*\", get]}]\n"
+        ))
+        .is_empty());
+        let errs = errors(&policy(
+            "  allow:\n    - {contract: crm, tools: []}\n  deny:\n    \
+             - {contract: crm, tools: [\"*_admin\", get, \"*_admin\"]}\n",
+        ));
+        assert_messages(
+            &errs,
+            &[
+                "spec.allow[0].tools: must list at least one tool (omit the field for all of \
+                 them)",
+                "spec.deny[0].tools[2]: duplicate tool *_admin, first listed at \
+                 spec.deny[0].tools[0]",
+            ],
+        );
+        assert_messages(
+            &errors(&policy(
+                "  allow: [{contract: crm, tools: [\"search customers\"]}]\n",
+            )),
+            &[
+                "spec.allow[0].tools[0]: \"search customers\" is not a valid tool name or glob (1 \
+               to 128 letters, digits, '_', '-', '.', '/', with '*' for any characters and '?' \
+               for one)",
+            ],
         );
     }
 }

@@ -16,6 +16,7 @@ mod consumer;
 mod contract;
 mod fields;
 mod http;
+mod mcp;
 mod path;
 mod quota;
 mod subject;
@@ -39,6 +40,11 @@ pub use fields::{
 pub use http::{
     HeaderName, HttpMethod, HttpUrl, JwtAlgorithm, OperationId, PathTemplate, QueryParamName,
     TemplateSegment,
+};
+pub use mcp::{
+    AllowedValue, ArgumentConstraint, ArgumentName, ArgumentPattern, Arguments, EndpointPath,
+    McpSettings, OAuthScope, OAuthSettings, OtherMethods, Tool, ToolName, ToolPattern,
+    UnlistedTools, DEFAULT_MCP_PATH, DEFAULT_SSE_PATH,
 };
 pub use path::{locate, locate_nearest, FieldPath, Issue, Issues, PathSegment};
 pub use quota::{Limit, Period, Quota, QuotaMode, QuotaScope, QuotaSpec};

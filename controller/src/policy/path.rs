@@ -37,6 +37,14 @@ impl FieldPath {
         path
     }
 
+    /// This path, then the mapping key `name` exactly as written, dots included (a
+    /// key the user chose, such as an argument name).
+    pub fn member(&self, name: &str) -> Self {
+        let mut path = self.clone();
+        path.0.push(PathSegment::Key(name.to_owned()));
+        path
+    }
+
     /// This path, then the `index`-th element (0-based).
     pub fn index(&self, index: usize) -> Self {
         let mut path = self.clone();
@@ -259,6 +267,13 @@ mod tests {
             "spec.limit.requests"
         );
         assert!(FieldPath::new("").is_root());
+        assert_eq!(
+            FieldPath::new("spec.arguments")
+                .member("a.b")
+                .segments()
+                .len(),
+            3
+        );
     }
 
     #[test]

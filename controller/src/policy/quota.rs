@@ -1,9 +1,11 @@
-//! `Quota`: how many requests each matching caller may make in a window.
+//! `Quota`: how many requests (or MCP tool calls) each matching caller may make in a
+//! window.
 
 use serde::Deserialize;
 
 use super::fields::{ObjectRef, PositiveU64};
 use super::http::OperationId;
+use super::mcp::ToolName;
 use super::path::{FieldPath, Issues};
 use super::subject::{check_subjects, Subject};
 use super::{Kind, Object, Spec};
@@ -30,14 +32,19 @@ impl Spec for QuotaSpec {
     }
 }
 
-/// What the budget covers: a whole contract or one of its operations.
+/// What the budget covers: a whole contract, one operation of an http contract or one
+/// tool of an mcp contract.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct QuotaScope {
-    /// `NAME` (in the quota's namespace) or `NAMESPACE/NAME` of an http ApiContract.
+    /// `NAME` (in the quota's namespace) or `NAMESPACE/NAME` of an http or mcp
+    /// ApiContract.
     pub contract: ObjectRef,
     #[serde(default)]
     pub operation: Option<OperationId>,
+    /// For an mcp contract: calls of this tool (omitted: every `tools/call`).
+    #[serde(default)]
+    pub tool: Option<ToolName>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -118,6 +125,13 @@ mod tests {
             agent.scope.operation.as_ref().unwrap().as_str(),
             "listOrders"
         );
+        assert_eq!(agent.scope.tool, None);
+        let crm = &by_name("crm-search").spec;
+        assert_eq!(crm.scope.operation, None);
+        assert_eq!(
+            crm.scope.tool.as_ref().unwrap().as_str(),
+            "search_customers"
+        );
         let seconds: Vec<u64> = [
             Period::Second,
             Period::Minute,
@@ -166,6 +180,34 @@ mod tests {
         assert_messages(
             &errors(&quota("  subjects: []\n  scope: {contract: orders-api}\n  limit: {requests: 1, per: day}\n")),
             &["spec.subjects: must list at least one subject"],
+        );
+    }
+
+    #[test]
+    fn tool_scope() {
+        let quota = |scope: &str| {
+            doc(
+                "Quota",
+                "q",
+                &format!(
+                    "  subjects: [{{workload: {{}}}}]\n  scope: {scope}\n  \
+                     limit: {{requests: 1, per: second}}\n"
+                ),
+            )
+        };
+        assert_messages(
+            &errors(&quota("{contract: crm, tool: \"search_*\"}")),
+            &[
+                "spec.scope.tool: \"search_*\" is not a valid tool name (1 to 128 letters, \
+               digits, '_', '-', '.', '/')",
+            ],
+        );
+        assert_messages(
+            &errors(&quota("{contract: crm, tools: [a]}")),
+            &[
+                "spec.scope: unknown field `tools`, expected one of `contract`, `operation`, \
+               `tool`",
+            ],
         );
     }
 }

@@ -2,13 +2,22 @@
 //! standalone mode with the policy in `examples/policy/`, and a client pod whose
 //! REST calls are redirected through the node proxy and governed there: allowed,
 //! denied, authenticated by API key, rate-limited — while traffic to an address no
-//! contract names is left alone. Everything it creates is removed before it exits.
+//! contract names is left alone. Then the same agent pod acts as an AI agent: with
+//! the official MCP Python SDK it lists the tools of an MCP server, calls an allowed
+//! tool, a denied one, and runs into a per-tool quota; the usage ledger, audit records
+//! and metrics show what was metered. Everything it creates is removed before it exits.
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use stoa_tests::{http::HttpReply, Pod, SimNode, PROXY_IP, PROXY_PORT};
+use serde_json::{json, Value};
+use stoa_tests::{
+    http::HttpReply,
+    mcp::{Era, Target},
+    Pod, SimNode, PROXY_IP, PROXY_PORT,
+};
 
 const GOVERNED: &str = "10.96.0.10";
 const NOT_GOVERNED: &str = "10.96.0.11";
+const MCP_SERVER: &str = "10.96.0.20";
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
@@ -49,11 +58,21 @@ fn main() {
         "  pod orders         {} serving {GOVERNED}:80 (ApiContract shop/orders-api) and {NOT_GOVERNED}:80",
         orders.ip()
     );
+    let crm = node.add_pod("crm");
+    crm.add_service_ip(MCP_SERVER);
+    let crm_server = crm.spawn_mcp_server("crm", 8080, "streamable-http", &[]);
+    println!(
+        "  pod crm            {} serving MCP at {MCP_SERVER}:8080/mcp (ApiContract shop/crm-tools; FastMCP, Python SDK)",
+        crm.ip()
+    );
     node.start_controller(&policy);
     println!("  stoa-controller    policy from {}", policy.display());
+    let audit_log = node.temp_dir().join("audit.jsonl");
     let agent = node.start_agent(&[
         "--api-key-secret-file",
         secret.to_str().expect("utf-8 path"),
+        "--audit-log",
+        audit_log.to_str().expect("utf-8 path"),
     ]);
     let version = node.wait_for_snapshot_above(0, Duration::from_secs(20));
     println!(
@@ -116,6 +135,8 @@ fn main() {
         direct.json()["peer"].as_str().unwrap_or("?")
     );
 
+    ai_agent(&node, &client, &crm_server, &audit_log);
+
     node.wait_for_agent_metric("stoa_datapath_redirects_total", 1.0, Duration::from_secs(5));
     println!("flows (the agent's access records):");
     for line in agent.stderr().lines().map(strip_ansi) {
@@ -130,6 +151,11 @@ fn main() {
         );
         println!("  {name} {}", node.agent_metric(&name));
     }
+    for line in node.agent_metrics_text().lines() {
+        if line.starts_with("stoa_mcp_tool_calls_total{") {
+            println!("  {line}");
+        }
+    }
     println!(
         "  stoa_datapath_redirects_total {}",
         node.agent_metric("stoa_datapath_redirects_total")
@@ -138,6 +164,104 @@ fn main() {
     println!(
         "\ncleaned up: processes stopped, network namespaces, cgroups and pinned maps removed."
     );
+}
+
+/// The billing agent as an AI agent: one MCP session through the redirect.
+fn ai_agent(
+    node: &SimNode,
+    client: &Pod,
+    server: &stoa_tests::mcp::McpServer,
+    audit_log: &std::path::Path,
+) {
+    let url = format!("http://{MCP_SERVER}:8080/mcp");
+    println!(
+        "billing-agent as an AI agent: one MCP session (Python SDK, Streamable HTTP) with {url}"
+    );
+    let search = |query: &str| json!({"op": "call", "name": "search_customers", "arguments": {"query": query, "region": "eu"}});
+    let ops = json!([
+        {"op": "list"},
+        search("acme"),
+        {"op": "call", "name": "delete_customer", "arguments": {"customer_id": "c-42"}},
+        search("globex"),
+        search("initech"),
+        search("umbrella"),
+    ]);
+    let what = [
+        "tools/list",
+        "tools/call search_customers {query: acme}",
+        "tools/call delete_customer {customer_id: c-42}",
+        "tools/call search_customers {query: globex}",
+        "tools/call search_customers {query: initech}",
+        "tools/call search_customers {query: umbrella}",
+    ];
+    let answers = client.mcp_script(&Target::streamable(&url, Era::Legacy), &ops);
+    for (what, answer) in what.iter().zip(&answers) {
+        println!("  → {what}");
+        println!("    {}", describe_answer(answer));
+    }
+    let executed: Vec<String> = server
+        .calls()
+        .iter()
+        .map(|c| c["tool"].as_str().unwrap_or("?").to_string())
+        .collect();
+    println!(
+        "  the MCP server executed: {} (the denied and rate-limited calls never reached it)\n",
+        executed.join(", ")
+    );
+
+    println!("usage ledger (stoa usage --since 24h):");
+    let usage = node.run(&[
+        stoa_tests::bin_path("stoa").to_str().expect("utf-8 path"),
+        "usage",
+        "--ledger-dir",
+        node.usage_dir().to_str().expect("utf-8 path"),
+        "--since",
+        "24h",
+    ]);
+    for line in String::from_utf8_lossy(&usage.stdout).lines() {
+        println!("  {line}");
+    }
+    println!("\naudit records ({}):", audit_log.display());
+    for line in std::fs::read_to_string(audit_log)
+        .unwrap_or_default()
+        .lines()
+    {
+        let record: Value = serde_json::from_str(line).unwrap_or_default();
+        println!(
+            "  {} {} {} outcome={} args={}{}",
+            record["caller"].as_str().unwrap_or("?"),
+            record["tool"].as_str().unwrap_or("?"),
+            record["decision"].as_str().unwrap_or("?"),
+            record["outcome"].as_str().unwrap_or("-"),
+            record["arguments"],
+            record["reason"]
+                .as_str()
+                .map(|r| format!(" reason=\"{r}\""))
+                .unwrap_or_default()
+        );
+    }
+    println!();
+}
+
+fn describe_answer(answer: &Value) -> String {
+    if let Some(tools) = answer["tools"].as_array() {
+        let names: Vec<&str> = tools.iter().filter_map(Value::as_str).collect();
+        return format!(
+            "{} tools visible: {} (delete_customer and unlisted tools are filtered out)",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    if answer["ok"] == true {
+        let text = answer["text"].as_str().unwrap_or("");
+        return format!("ok: {}", text.lines().next().unwrap_or(""));
+    }
+    let error = &answer["error"];
+    format!(
+        "JSON-RPC error {}: {}",
+        error["code"],
+        error["message"].as_str().unwrap_or("?")
+    )
 }
 
 fn step(client: &Pod, what: &str, args: &[&str], why: &str) {
@@ -185,6 +309,8 @@ fn flow_line(line: &str) -> String {
                 "path=",
                 "status=",
                 "decision=",
+                "mcp.method=",
+                "mcp.tool=",
             ]
             .iter()
             .any(|k| kv.starts_with(k))
