@@ -273,6 +273,20 @@ fn allowed_call_succeeds_and_denied_call_never_reaches_the_server() {
     );
     assert_eq!(error_code(&intruder), -32010, "{intruder}");
 
+    // Another path the server may accept is no way around the decision.
+    for path in ["/mcp/", "/other"] {
+        let reply = mesh.assistant.http(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"delete_customer","arguments":{"customer_id":"c-2"}}}"#,
+            &format!("http://10.96.0.20:8080{path}"),
+        ]);
+        assert_eq!(error_code(&reply.json()), -32010, "{path}: {reply:?}");
+    }
+
     assert!(server.saw_tool("echo"), "{:?}", server.calls());
     assert!(
         !server.saw_tool("delete_customer"),

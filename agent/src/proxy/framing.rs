@@ -8,13 +8,14 @@
 //! The scanner follows request boundaries (heads, Content-Length bodies, chunked
 //! bodies) so that every head on a keep-alive connection is checked.
 use std::{
+    future::Future,
     io,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -213,6 +214,9 @@ pub struct GuardedStream<IO> {
     inner: IO,
     scanner: Scanner,
     verdict: Arc<FramingVerdict>,
+    /// Lingering close after an ambiguous request: write side shut, reading until the
+    /// client closes or this deadline passes.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> GuardedStream<IO> {
@@ -223,6 +227,7 @@ impl<IO> GuardedStream<IO> {
                 inner,
                 scanner: Scanner::new(),
                 verdict: verdict.clone(),
+                linger: None,
             },
             verdict,
         )
@@ -249,6 +254,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GuardedStream<IO> {
 
 /// Unread input discarded at most when closing after an ambiguous request.
 const CLOSE_DRAIN_LIMIT: usize = 64 * 1024;
+/// How long the close waits for the client to finish sending after an ambiguous request.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<IO: AsyncWrite + AsyncRead + Unpin> AsyncWrite for GuardedStream<IO> {
     fn poll_write(
@@ -264,24 +271,40 @@ impl<IO: AsyncWrite + AsyncRead + Unpin> AsyncWrite for GuardedStream<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
-        if matches!(result, Poll::Ready(Ok(()))) && self.verdict.is_ambiguous() {
-            // After an ambiguous request the rest of the client's bytes stay unread;
-            // closing over unread input sends a reset, which can destroy the 400 before
-            // the client reads it. Discard what has already arrived first.
-            let mut scratch = [0u8; 4096];
-            let mut discarded = 0;
-            while discarded < CLOSE_DRAIN_LIMIT {
-                let mut buf = ReadBuf::new(&mut scratch);
-                match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                        discarded += buf.filled().len();
+        if self.linger.is_none() {
+            let result = ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+            if result.is_err() || !self.verdict.is_ambiguous() {
+                return Poll::Ready(result);
+            }
+            // After an ambiguous request the rest of the client's bytes stay unread.
+            // Closing over unread input sends a reset, which destroys the 400 still in
+            // the send queue; so, like a lingering close, read until the client closes.
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        let mut discarded = 0;
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    discarded += buf.filled().len();
+                    if discarded >= CLOSE_DRAIN_LIMIT {
+                        return Poll::Ready(Ok(()));
                     }
-                    _ => break,
                 }
+                // End of input or an error: nothing more can arrive.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
             }
         }
-        result
+        match self
+            .linger
+            .as_mut()
+            .map(|deadline| deadline.as_mut().poll(cx))
+        {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_write_vectored(

@@ -412,24 +412,21 @@ pub async fn handle(exchange: Exchange<'_, '_>) -> Result<Response<ProxyBody>, R
         .expect("handle is called for mcp contracts");
     let path = exchange.forward_path.as_str();
     let method = exchange.parts.method.clone();
-    if path == mcp.path {
-        return match method {
-            Method::POST => post(exchange, &mcp, None).await,
-            Method::GET | Method::DELETE => session_request(exchange).await,
-            _ => pass(exchange, None).await,
-        };
+    if method == Method::POST {
+        // Every POST is read as JSON-RPC, whatever its path: a tool call sent to
+        // `/mcp/` or another route the server happens to accept is decided all the
+        // same. A legacy session's messages URL is recognised by the session it names.
+        let query = exchange.parts.uri.query();
+        let session_id =
+            query_param(query, "session_id").or_else(|| query_param(query, "sessionId"));
+        let legacy = session_id.and_then(|id| exchange.ctx.mcp.session(&legacy_key(&id)));
+        return post(exchange, &mcp, legacy).await;
+    }
+    if path == mcp.path && matches!(method, Method::GET | Method::DELETE) {
+        return session_request(exchange).await;
     }
     if path == mcp.sse_path && method == Method::GET {
         return legacy_stream(exchange).await;
-    }
-    if method == Method::POST {
-        // A legacy messages URL: recognised by the session it names.
-        let session_id = query_param(exchange.parts.uri.query(), "session_id")
-            .or_else(|| query_param(exchange.parts.uri.query(), "sessionId"));
-        if let Some(session) = session_id.and_then(|id| exchange.ctx.mcp.session(&legacy_key(&id)))
-        {
-            return post(exchange, &mcp, Some(session)).await;
-        }
     }
     pass(exchange, None).await
 }
@@ -1329,6 +1326,165 @@ async fn legacy_stream(exchange: Exchange<'_, '_>) -> Result<Response<ProxyBody>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        identity::WorkloadInfo,
+        policy::{CompiledPolicy, JwksRegistry},
+        quota::QuotaStore,
+        snapshot::DesiredState,
+        tables::ProxyTables,
+    };
+    use stoa_proto::v1 as pb;
+
+    /// A context whose policy has one mcp contract (service 7, tools echo and secret)
+    /// that lets namespace `ai` call echo, metering into a ledger in `dir`.
+    fn context(dir: &std::path::Path) -> HttpContext {
+        let subject = pb::Subject {
+            kind: Some(pb::subject::Kind::Workload(pb::WorkloadSelector {
+                namespace: "ai".into(),
+                ..Default::default()
+            })),
+        };
+        let snapshot = pb::Snapshot {
+            contracts: vec![pb::Contract {
+                service_id: 7,
+                name: "crm".into(),
+                namespace: "shop".into(),
+                mcp: Some(pb::McpSettings {
+                    tools: ["echo", "secret"]
+                        .map(|name| pb::Tool {
+                            name: name.into(),
+                            ..Default::default()
+                        })
+                        .to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            access_policies: vec![pb::AccessPolicy {
+                name: "ai".into(),
+                namespace: "shop".into(),
+                subjects: vec![subject],
+                allow: vec![pb::Grant {
+                    service_id: 7,
+                    tools: vec!["echo".into()],
+                    ..Default::default()
+                }],
+                deny: vec![],
+            }],
+            ..Default::default()
+        };
+        let jwks = JwksRegistry::new(crate::identity::jwt::jwks_http_client().unwrap());
+        let policy = CompiledPolicy::compile(&snapshot, &jwks).unwrap();
+        let tables = Arc::new(ProxyTables::default());
+        let state = DesiredState {
+            version: 1,
+            workloads: Default::default(),
+            services: Default::default(),
+            service_table: Default::default(),
+        };
+        tables.replace(&state, policy);
+        let ledger = Ledger::open(stoa_usage::LedgerConfig::new(dir)).unwrap();
+        HttpContext::new(
+            tables,
+            QuotaStore::new(),
+            None,
+            Arc::new(McpRuntime::new("node".into(), Some(ledger), None)),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+    }
+
+    fn caller() -> Principal {
+        Principal {
+            identity: 300,
+            workload: Some(Arc::new(WorkloadInfo {
+                name: "assistant".into(),
+                namespace: "ai".into(),
+                service_account: "assistant".into(),
+                labels: Default::default(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn call(id: u64) -> Watch {
+        Watch::ToolCall(Box::new(Invocation {
+            tool: "echo".into(),
+            started: Instant::now(),
+            principal: caller(),
+            arguments: json!({"text": "hi"}),
+            trace_id: None,
+            jsonrpc_id: json!(id),
+        }))
+    }
+
+    fn metered(dir: &std::path::Path) -> Vec<(String, Outcome, u64)> {
+        stoa_usage::read_usage(dir, &Default::default())
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| (r.tool, r.outcome, r.calls))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_invocation_is_metered_once_when_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let watches = Watches::default();
+
+        // Input required: not finished; the client retries with a new id.
+        watches.insert(&json!(1), call(1));
+        let mut pending = json!({"jsonrpc": "2.0", "id": 1,
+            "result": {"resultType": "input_required", "requestState": "opaque"}});
+        assert!(!on_answer(&mut pending, &watches, &ctx, 7));
+        assert!(metered(dir.path()).is_empty());
+
+        watches.insert(&json!(2), call(2));
+        let mut done = json!({"jsonrpc": "2.0", "id": 2,
+            "result": {"content": [], "isError": true}});
+        assert!(!on_answer(&mut done.clone(), &watches, &ctx, 7));
+        assert_eq!(
+            metered(dir.path()),
+            [("echo".into(), Outcome::ToolError, 1)]
+        );
+
+        // The same answer replayed on a resumed stream is not a new invocation.
+        assert!(!on_answer(&mut done, &watches, &ctx, 7));
+        assert_eq!(
+            metered(dir.path()),
+            [("echo".into(), Outcome::ToolError, 1)]
+        );
+
+        watches.insert(&json!(3), call(3));
+        let mut failed = json!({"jsonrpc": "2.0", "id": 3,
+            "error": {"code": -32603, "message": "boom"}});
+        on_answer(&mut failed, &watches, &ctx, 7);
+        assert_eq!(
+            metered(dir.path()),
+            [
+                ("echo".into(), Outcome::ToolError, 1),
+                ("echo".into(), Outcome::ProtocolError, 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn tool_lists_keep_only_callable_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let watches = Watches::default();
+        watches.insert(&json!("l"), Watch::ToolsList(Box::new(caller())));
+        let mut list = json!({"jsonrpc": "2.0", "id": "l", "result": {"tools": [
+            {"name": "echo"}, {"name": "secret"}, {"name": "unlisted"}], "nextCursor": "c"}});
+        assert!(on_answer(&mut list, &watches, &ctx, 7));
+        assert_eq!(list["result"]["tools"], json!([{"name": "echo"}]));
+        assert_eq!(list["result"]["nextCursor"], "c");
+        // An answer nobody waits for passes untouched.
+        let mut other =
+            json!({"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": "secret"}]}});
+        assert!(!on_answer(&mut other, &watches, &ctx, 7));
+    }
 
     #[test]
     fn modern_headers_must_match_the_body() {
