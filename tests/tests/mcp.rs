@@ -839,3 +839,103 @@ spec:
     assert_eq!(refused[0]["ok"], false, "{refused:?}");
     assert_eq!(server.calls().len(), 1, "{:?}", server.calls());
 }
+
+#[test]
+fn a_closed_client_stream_cancels_a_stateless_call_but_not_a_session_call() {
+    if !stoa_tests::require_root() {
+        return;
+    }
+    let mesh = mesh("streamable-http", 1, &[]);
+    let accept = "accept: application/json, text/event-stream";
+    // Eight progress events 250 ms apart: the answer streams for two seconds, and the
+    // client gives up after one.
+    let slow_call = |meta: Value| {
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "slow_count", "arguments": {"n": 8, "delay_ms": 250}, "_meta": meta}})
+        .to_string()
+    };
+    let impatient = |headers: &[String], body: &str| {
+        let mut args = vec!["-sS", "--max-time", "1", "-X", "POST"];
+        for header in headers {
+            args.extend(["-H", header.as_str()]);
+        }
+        args.extend(["-H", "content-type: application/json", "-H", accept]);
+        args.extend(["--data-binary", body, MCP_URL]);
+        let out = mesh.assistant.curl(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(28),
+            "curl timed out: {}",
+            out.stderr_str()
+        );
+    };
+
+    // 2026-07-28, stateless: the upstream request is cancelled with its client, so the
+    // invocation never completes and is not metered.
+    let modern = slow_call(json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "progressToken": "p-1"}));
+    impatient(
+        &[
+            "mcp-protocol-version: 2026-07-28".into(),
+            "mcp-method: tools/call".into(),
+            "mcp-name: slow_count".into(),
+        ],
+        &modern,
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(usage_calls(&mesh.node, "slow_count", "ok"), 0);
+
+    // A session's call goes on upstream (the client could resume its stream) and is
+    // metered when it completes.
+    let init = mesh.assistant.http(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        accept,
+        "--data-binary",
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#,
+        MCP_URL,
+    ]);
+    let session = init
+        .header("mcp-session-id")
+        .unwrap_or_else(|| panic!("no session: {init:?}"))
+        .to_string();
+    let session_headers = [
+        format!("mcp-session-id: {session}"),
+        "mcp-protocol-version: 2025-11-25".to_string(),
+    ];
+    let initialized = mesh.assistant.http(&[
+        "-X",
+        "POST",
+        "-H",
+        &session_headers[0],
+        "-H",
+        &session_headers[1],
+        "-H",
+        "content-type: application/json",
+        "-H",
+        accept,
+        "--data-binary",
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        MCP_URL,
+    ]);
+    assert_eq!(initialized.status, 202, "{initialized:?}");
+    impatient(
+        &session_headers,
+        &slow_call(json!({"progressToken": "p-2"})),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while usage_calls(&mesh.node, "slow_count", "ok") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session's call was not completed: {}",
+            mesh.agent.describe(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mesh.servers[0].calls().len(), 2);
+}
