@@ -886,6 +886,13 @@ fn a_closed_client_stream_cancels_a_stateless_call_but_not_a_session_call() {
     );
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(usage_calls(&mesh.node, "slow_count", "ok"), 0);
+    // Not metered, but the allow decision is on the audit record.
+    let audit = std::fs::read_to_string(&mesh.audit_log).unwrap_or_default();
+    let record: Value = serde_json::from_str(audit.lines().next().unwrap_or("{}")).unwrap();
+    assert_eq!(record["tool"], "slow_count", "{audit}");
+    assert_eq!(record["decision"], "allow", "{audit}");
+    assert_eq!(record["outcome"], Value::Null, "{audit}");
+    assert!(record["reason"].as_str().unwrap().contains("cancelled"), "{audit}");
 
     // A session's call goes on upstream (the client could resume its stream) and is
     // metered when it completes.

@@ -170,6 +170,18 @@ impl Watches {
     fn is_empty(&self) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
+
+    /// The tool calls still waiting for an answer, removed.
+    fn take_unfinished_calls(&self) -> Vec<Invocation> {
+        let mut watches = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut calls = Vec::new();
+        for (_, watch) in watches.drain() {
+            if let Watch::ToolCall(invocation) = watch {
+                calls.push(*invocation);
+            }
+        }
+        calls
+    }
 }
 
 enum Watch {
@@ -227,9 +239,8 @@ fn meter(
     outcome: Outcome,
     reason: Option<String>,
 ) {
-    let runtime = &ctx.mcp;
+    let (caller, _, _) = caller_names(&invocation.principal);
     let latency = invocation.started.elapsed();
-    let (caller, consumer, workload) = caller_names(&invocation.principal);
     metrics::counter!(
         "stoa_mcp_tool_calls_total",
         "contract" => contract.name.clone(),
@@ -244,10 +255,11 @@ fn meter(
         "tool" => invocation.tool.clone()
     )
     .record(latency.as_secs_f64());
-    let ts_ms = unix_ms();
+    let runtime = &ctx.mcp;
+    let (caller, consumer, workload) = caller_names(&invocation.principal);
     if let Some(ledger) = &runtime.ledger {
         let record = UsageRecord {
-            ts_ms,
+            ts_ms: unix_ms(),
             node: runtime.node.clone(),
             caller: caller.clone(),
             consumer: consumer.clone(),
@@ -261,6 +273,21 @@ fn meter(
             warn!("usage ledger: cannot record a tool call: {err}");
         }
     }
+    audit(ctx, contract, invocation, Some(outcome), reason);
+}
+
+/// Writes the audit record of one tools/call decision; `outcome` is None for an allowed
+/// call that never finished (its client went away and the call was cancelled).
+fn audit(
+    ctx: &HttpContext,
+    contract: &ContractPolicy,
+    invocation: &Invocation,
+    outcome: Option<Outcome>,
+    reason: Option<String>,
+) {
+    let runtime = &ctx.mcp;
+    let latency = invocation.started.elapsed();
+    let (caller, consumer, workload) = caller_names(&invocation.principal);
     if let Some(audit) = &runtime.audit {
         let secrets = contract
             .mcp
@@ -269,11 +296,11 @@ fn meter(
             .map(|t| t.secret_arguments.as_slice())
             .unwrap_or_default();
         let decision = match outcome {
-            Outcome::Denied | Outcome::RateLimited => "deny",
-            _ => "allow",
+            Some(Outcome::Denied | Outcome::RateLimited) => AuditRecord::DENY,
+            _ => AuditRecord::ALLOW,
         };
         let record = AuditRecord {
-            ts_ms,
+            ts_ms: unix_ms(),
             node: runtime.node.clone(),
             trace_id: invocation.trace_id.clone(),
             caller,
@@ -285,7 +312,7 @@ fn meter(
             arguments: stoa_usage::redact_arguments(&invocation.arguments, secrets),
             decision,
             reason,
-            outcome: Some(outcome),
+            outcome,
             latency_us: latency.as_micros() as u64,
             jsonrpc_id: invocation.jsonrpc_id.clone(),
         };
@@ -500,7 +527,15 @@ async fn session_request(exchange: Exchange<'_, '_>) -> Result<Response<ProxyBod
     }
     if is_sse(response.headers()) {
         let watches = session.map(|s| s.watches.clone()).unwrap_or_default();
-        return Ok(relay_sse(response, ctx, service_id, watches, false, None));
+        // The session's calls in flight stay watched: another stream may resume them.
+        return Ok(relay_sse(
+            response,
+            ctx,
+            service_id,
+            watches,
+            ClientGone::Cancel,
+            None,
+        ));
     }
     Ok(response)
 }
@@ -950,13 +985,17 @@ async fn post(
     if is_sse(response.headers()) {
         // A session's stream can be resumed elsewhere: keep the upstream going when
         // the client goes. A stateless 2026-07-28 request is cancelled with its client.
-        let keep_going = session.is_some() && !modern;
+        let on_client_gone = if session.is_some() && !modern {
+            ClientGone::KeepGoing
+        } else {
+            ClientGone::CancelAndAudit
+        };
         return Ok(relay_sse(
             response,
             ctx,
             contract.service_id,
             watches,
-            keep_going,
+            on_client_gone,
             None,
         ));
     }
@@ -1169,8 +1208,17 @@ fn make_private(headers: &mut HeaderMap) {
 }
 
 /// Relays an SSE answer event by event, acting on the answers it watches for.
-/// `keep_going`: when the client goes away, keep reading the upstream to its end (so
-/// invocations finish and are metered) instead of cancelling it.
+/// What a relay does when its client goes away.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientGone {
+    /// Keep reading the upstream to its end, so invocations finish and are metered.
+    KeepGoing,
+    /// Stop: dropping the upstream body cancels the request upstream.
+    Cancel,
+    /// Stop, and put the unanswered calls (this stream's own) on the audit record.
+    CancelAndAudit,
+}
+
 /// `legacy`: the stream of a legacy HTTP+SSE session, with its injection channel and
 /// session key (removed when the stream ends).
 fn relay_sse(
@@ -1178,7 +1226,7 @@ fn relay_sse(
     ctx: &HttpContext,
     service_id: u32,
     watches: Watches,
-    keep_going: bool,
+    on_client_gone: ClientGone,
     legacy: Option<(mpsc::Receiver<Bytes>, Arc<Session>, SocketAddrV4)>,
 ) -> Response<ProxyBody> {
     let (mut parts, mut body) = response.into_parts();
@@ -1259,7 +1307,7 @@ fn relay_sse(
                     }
                 }
             }
-            if !client_open && !keep_going {
+            if !client_open && on_client_gone != ClientGone::KeepGoing {
                 // Dropping the upstream body cancels the request upstream.
                 break;
             }
@@ -1271,6 +1319,22 @@ fn relay_sse(
         if let Some(key) = legacy_key_registered {
             ctx.mcp.sessions.remove(&key);
             debug!(session = %key, "legacy mcp session ended");
+        }
+        if !client_open && on_client_gone == ClientGone::CancelAndAudit {
+            // A stateless call cancelled with its client: no usage (it did not finish),
+            // but its allow decision is still on record.
+            let contract = ctx.tables.load().policy.contracts.get(&service_id).cloned();
+            if let Some(contract) = contract {
+                for invocation in watches.take_unfinished_calls() {
+                    audit(
+                        &ctx,
+                        &contract,
+                        &invocation,
+                        None,
+                        Some("cancelled: the client closed the stream before the answer".into()),
+                    );
+                }
+            }
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -1318,7 +1382,7 @@ async fn legacy_stream(exchange: Exchange<'_, '_>) -> Result<Response<ProxyBody>
         ctx,
         service_id,
         watches,
-        true,
+        ClientGone::KeepGoing,
         Some((inject_rx, session, upstream)),
     ))
 }
