@@ -892,7 +892,10 @@ fn a_closed_client_stream_cancels_a_stateless_call_but_not_a_session_call() {
     assert_eq!(record["tool"], "slow_count", "{audit}");
     assert_eq!(record["decision"], "allow", "{audit}");
     assert_eq!(record["outcome"], Value::Null, "{audit}");
-    assert!(record["reason"].as_str().unwrap().contains("cancelled"), "{audit}");
+    assert!(
+        record["reason"].as_str().unwrap().contains("cancelled"),
+        "{audit}"
+    );
 
     // A session's call goes on upstream (the client could resume its stream) and is
     // metered when it completes.
