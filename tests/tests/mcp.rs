@@ -495,35 +495,86 @@ fn modern_header_body_mismatch_is_rejected() {
     if !stoa_tests::require_root() {
         return;
     }
-    let mesh = mesh("streamable-http", 1, &[]);
-    let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
-        "params": {"name": "delete_customer", "arguments": {"customer_id": "c-1"},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {}}}});
-    let reply = mesh.assistant.mcp_one(
-        &Target::streamable(MCP_URL, Era::Modern),
-        &[
-            "raw",
-            "--body",
-            &body.to_string(),
-            "--header",
-            "MCP-Protocol-Version: 2026-07-28",
-            "--header",
-            "Mcp-Method: tools/call",
-            // Claims a harmless tool; the body calls another.
-            "--header",
-            "Mcp-Name: echo",
-        ],
-    );
-    assert_eq!(reply["status"], 400, "{reply}");
-    let answer: Value = serde_json::from_str(reply["body"].as_str().unwrap()).unwrap();
+    // search_customers.region is annotated x-mcp-header: Region, so 2026-07-28 calls
+    // carry it as Mcp-Param-Region too.
+    let mesh = mesh("streamable-http", 1, &["--param-header"]);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let raw = |body: &Value, headers: &[&str]| {
+        let mut args = vec!["raw", "--body"];
+        let body = body.to_string();
+        args.push(&body);
+        args.extend(["--header", "MCP-Protocol-Version: 2026-07-28"]);
+        args.extend(["--header", "Mcp-Method: tools/call"]);
+        for header in headers {
+            args.extend(["--header", header]);
+        }
+        let reply = mesh
+            .assistant
+            .mcp_one(&Target::streamable(MCP_URL, Era::Modern), &args);
+        let answer: Value = serde_json::from_str(reply["body"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {reply}"));
+        (reply["status"].as_u64().unwrap(), answer)
+    };
+
+    // Mcp-Name claims a harmless tool; the body calls another.
+    let delete = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+        "params": {"name": "delete_customer", "arguments": {"customer_id": "c-1"}, "_meta": meta}});
+    let (status, answer) = raw(&delete, &["Mcp-Name: echo"]);
+    assert_eq!(status, 400, "{answer}");
     assert_eq!(error_code(&answer), -32020, "{answer}");
     assert_eq!(answer["id"], 4);
     assert!(answer["error"]["message"]
         .as_str()
         .unwrap()
         .contains("Mcp-Name"));
-    assert!(mesh.servers[0].calls().is_empty());
+
+    // Once STOA has seen the tool's schema (a 2026-07-28 listing), Mcp-Param-* headers
+    // are checked against the arguments as well.
+    let listed = mesh
+        .assistant
+        .mcp_one(&Target::streamable(MCP_URL, Era::Modern), &["list"]);
+    assert!(tool_names(&listed).contains(&"search_customers".to_string()));
+    let search = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "search_customers", "arguments": {"query": "acme", "region": "eu"},
+            "_meta": meta}});
+    let (status, answer) = raw(
+        &search,
+        &["Mcp-Name: search_customers", "Mcp-Param-Region: us"],
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(error_code(&answer), -32020, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mcp-param-region"),
+        "{answer}"
+    );
+    let (status, answer) = raw(&search, &["Mcp-Name: search_customers"]);
+    assert_eq!((status, error_code(&answer)), (400, -32020), "{answer}");
+    assert!(
+        mesh.servers[0].calls().is_empty(),
+        "{:?}",
+        mesh.servers[0].calls()
+    );
+
+    // Headers that agree pass, and the SDK's own requests carry them right.
+    let (status, answer) = raw(
+        &search,
+        &["Mcp-Name: search_customers", "Mcp-Param-Region: eu"],
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["result"].is_object(), "{answer}");
+    let ok = mesh.assistant.mcp_one(
+        &Target::streamable(MCP_URL, Era::Modern),
+        &[
+            "call",
+            "search_customers",
+            r#"{"query": "acme", "region": "us"}"#,
+        ],
+    );
+    assert_eq!(ok["ok"], true, "{ok}");
 }
 
 #[test]

@@ -83,6 +83,18 @@ pub struct McpRuntime {
     pub ledger: Option<Ledger>,
     pub audit: Option<AuditSink>,
     sessions: DashMap<String, Arc<Session>>,
+    /// 2026-07-28 `Mcp-Param-*` headers by (service, tool), learned from the
+    /// `x-mcp-header` annotations of the input schemas the server lists.
+    param_headers: DashMap<(u32, String), Arc<[ParamHeader]>>,
+}
+
+/// An argument a tools/call mirrors into a `Mcp-Param-<token>` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ParamHeader {
+    /// Property names from the arguments object down to the argument.
+    path: Vec<String>,
+    token: String,
+    integer: bool,
 }
 
 impl McpRuntime {
@@ -92,6 +104,7 @@ impl McpRuntime {
             ledger,
             audit,
             sessions: DashMap::new(),
+            param_headers: DashMap::new(),
         }
     }
 
@@ -736,7 +749,11 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
 }
 
 /// 2026-07-28: the routing headers must say what the body says.
-fn check_modern_headers(headers: &HeaderMap, message: &Value) -> Result<(), String> {
+fn check_modern_headers(
+    headers: &HeaderMap,
+    message: &Value,
+    param_headers: &[ParamHeader],
+) -> Result<(), String> {
     let body_version = message
         .get("params")
         .and_then(|p| p.get("_meta"))
@@ -780,7 +797,89 @@ fn check_modern_headers(headers: &HeaderMap, message: &Value) -> Result<(), Stri
             ));
         }
     }
+    if method == Some("tools/call") {
+        let arguments = message.pointer("/params/arguments");
+        for param in param_headers {
+            check_param_header(headers, arguments, param)?;
+        }
+    }
     Ok(())
+}
+
+/// One `Mcp-Param-*` header against the argument it mirrors: both absent, or equal.
+fn check_param_header(
+    headers: &HeaderMap,
+    arguments: Option<&Value>,
+    param: &ParamHeader,
+) -> Result<(), String> {
+    let name = format!("mcp-param-{}", param.token.to_ascii_lowercase());
+    let values: Vec<&HeaderValue> = headers.get_all(name.as_str()).iter().collect();
+    if values.len() > 1 {
+        return Err(format!("the {name} header is repeated"));
+    }
+    let header = values
+        .first()
+        .map(|v| decode_header_value(v.to_str().unwrap_or("\u{fffd}")));
+    let mut argument = arguments;
+    for key in &param.path {
+        argument = argument.and_then(|a| a.get(key));
+    }
+    let rendered = match argument {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::Bool(flag)) => Some(flag.to_string()),
+        Some(Value::Number(number)) => Some(number.to_string()),
+        // Objects and arrays have no header form.
+        Some(_) => None,
+    };
+    let agrees = match (&header, &rendered) {
+        (None, None) => true,
+        (Some(header), Some(rendered)) => {
+            header == rendered
+                || (param.integer
+                    && header.parse::<f64>().ok().is_some()
+                    && header.parse::<f64>().ok() == rendered.parse::<f64>().ok())
+        }
+        _ => false,
+    };
+    if agrees {
+        return Ok(());
+    }
+    Err(format!(
+        "the {name} header ({}) does not match the argument {} ({})",
+        header.as_deref().unwrap_or("absent"),
+        param.path.join("."),
+        rendered.as_deref().unwrap_or("absent")
+    ))
+}
+
+/// The `x-mcp-header` annotations of an input schema, following `properties` only.
+fn param_headers_of(schema: Option<&Value>) -> Vec<ParamHeader> {
+    fn walk(schema: &Value, path: &mut Vec<String>, found: &mut Vec<ParamHeader>) {
+        let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for (name, property) in properties {
+            path.push(name.clone());
+            if let Some(token) = property.get("x-mcp-header").and_then(Value::as_str) {
+                found.push(ParamHeader {
+                    path: path.clone(),
+                    token: token.to_string(),
+                    integer: property.get("type").and_then(Value::as_str) == Some("integer"),
+                });
+            }
+            // Bounded by the schema the server sent, which was read whole.
+            if path.len() < 32 {
+                walk(property, path, found);
+            }
+            path.pop();
+        }
+    }
+    let mut found = Vec::new();
+    if let Some(schema) = schema {
+        walk(schema, &mut Vec::new(), &mut found);
+    }
+    found
 }
 
 /// Header values that are not plain tokens travel as `=?base64?…?=`.
@@ -896,7 +995,17 @@ async fn post(
                 .and_then(Value::as_str)
                 .map(str::to_owned);
         }
-        if let Err(reason) = check_modern_headers(&parts.headers, &messages[0]) {
+        let param_headers = record
+            .mcp_tool
+            .as_ref()
+            .and_then(|tool| {
+                ctx.mcp
+                    .param_headers
+                    .get(&(contract.service_id, tool.clone()))
+                    .map(|entry| entry.value().clone())
+            })
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        if let Err(reason) = check_modern_headers(&parts.headers, &messages[0], &param_headers) {
             let id = messages[0].get("id").cloned().unwrap_or(Value::Null);
             record.decision = Decision::Invalid;
             record.reason.clone_from(&reason);
@@ -1117,6 +1226,17 @@ fn on_answer(message: &mut Value, watches: &Watches, ctx: &HttpContext, service_
             else {
                 return false;
             };
+            for tool in tools.iter() {
+                if let Some(name) = tool.get("name").and_then(Value::as_str) {
+                    let annotated = param_headers_of(tool.get("inputSchema"));
+                    let key = (service_id, name.to_string());
+                    if annotated.is_empty() {
+                        ctx.mcp.param_headers.remove(&key);
+                    } else {
+                        ctx.mcp.param_headers.insert(key, annotated.into());
+                    }
+                }
+            }
             let before = tools.len();
             tools.retain(|tool| {
                 tool.get("name")
@@ -1563,29 +1683,88 @@ mod tests {
         );
         headers.insert(&MCP_METHOD, HeaderValue::from_static("tools/call"));
         headers.insert(&MCP_NAME, HeaderValue::from_static("echo"));
-        assert_eq!(check_modern_headers(&headers, &body), Ok(()));
+        assert_eq!(check_modern_headers(&headers, &body, &[]), Ok(()));
 
         headers.insert(&MCP_NAME, HeaderValue::from_static("delete_customer"));
-        let err = check_modern_headers(&headers, &body).unwrap_err();
+        let err = check_modern_headers(&headers, &body, &[]).unwrap_err();
         assert!(err.contains("Mcp-Name"), "{err}");
 
         headers.insert(&MCP_NAME, HeaderValue::from_static("=?base64?ZWNobw==?="));
-        assert_eq!(check_modern_headers(&headers, &body), Ok(()));
+        assert_eq!(check_modern_headers(&headers, &body, &[]), Ok(()));
 
         headers.insert(&MCP_METHOD, HeaderValue::from_static("tools/list"));
-        assert!(check_modern_headers(&headers, &body)
+        assert!(check_modern_headers(&headers, &body, &[])
             .unwrap_err()
             .contains("Mcp-Method"));
 
         headers.remove(&MCP_PROTOCOL_VERSION);
-        assert!(check_modern_headers(&headers, &body)
+        assert!(check_modern_headers(&headers, &body, &[])
             .unwrap_err()
             .contains("MCP-Protocol-Version"));
 
         // Legacy requests carry no envelope and are not checked.
         let legacy =
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}});
-        assert_eq!(check_modern_headers(&HeaderMap::new(), &legacy), Ok(()));
+        assert_eq!(
+            check_modern_headers(&HeaderMap::new(), &legacy, &[]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn param_headers_follow_the_schema_annotations() {
+        let schema = json!({"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "limit": {"type": "integer", "x-mcp-header": "Limit"},
+            "query": {"type": "string"},
+            "filter": {"type": "object", "properties": {
+                "tenant": {"type": "string", "x-mcp-header": "Tenant"}}}}});
+        let mut params = param_headers_of(Some(&schema));
+        params.sort_by(|a, b| a.token.cmp(&b.token));
+        let tokens: Vec<_> = params
+            .iter()
+            .map(|p| (p.path.join("."), p.token.as_str()))
+            .collect();
+        assert_eq!(
+            tokens,
+            [
+                ("limit".to_string(), "Limit"),
+                ("region".to_string(), "Region"),
+                ("filter.tenant".to_string(), "Tenant")
+            ]
+        );
+        let body = |arguments: Value| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "search", "arguments": arguments,
+                "_meta": {PROTOCOL_VERSION_META: MODERN_VERSION}}})
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            &MCP_PROTOCOL_VERSION,
+            HeaderValue::from_static(MODERN_VERSION),
+        );
+        headers.insert(&MCP_METHOD, HeaderValue::from_static("tools/call"));
+        headers.insert(&MCP_NAME, HeaderValue::from_static("search"));
+        headers.insert("mcp-param-region", HeaderValue::from_static("eu"));
+        headers.insert("mcp-param-limit", HeaderValue::from_static("10.0"));
+        headers.insert(
+            "mcp-param-tenant",
+            HeaderValue::from_static("=?base64?YWNtZQ==?="),
+        );
+        let ok = body(json!({"region": "eu", "limit": 10, "filter": {"tenant": "acme"}}));
+        assert_eq!(check_modern_headers(&headers, &ok, &params), Ok(()));
+        let other_region = body(json!({"region": "us", "limit": 10, "filter": {"tenant": "acme"}}));
+        let err = check_modern_headers(&headers, &other_region, &params).unwrap_err();
+        assert!(
+            err.contains("mcp-param-region") && err.contains("(us)"),
+            "{err}"
+        );
+        let missing = body(json!({"limit": 10, "filter": {"tenant": "acme"}}));
+        assert!(check_modern_headers(&headers, &missing, &params).is_err());
+        headers.append("mcp-param-region", HeaderValue::from_static("eu"));
+        assert!(check_modern_headers(&headers, &ok, &params)
+            .unwrap_err()
+            .contains("repeated"));
     }
 
     #[test]
