@@ -35,6 +35,8 @@ pub struct LoadSpec {
     /// HTTP/2 (h2c prior knowledge) with this many streams per connection.
     pub h2_streams: Option<usize>,
     pub headers: Vec<String>,
+    /// POST this file as the body of every request (GET without a body when `None`).
+    pub post_body: Option<PathBuf>,
     pub warmup: Duration,
     pub duration: Duration,
 }
@@ -56,6 +58,8 @@ pub struct LoadResult {
     /// Every request that completed or failed during the whole run (warm-up included):
     /// the denominator of CPU per request.
     pub total_requests: u64,
+    /// 2xx answers over the whole run (warm-up included).
+    pub ok_total: u64,
 }
 
 /// Runs oha in `pod` pinned to `cpus`.
@@ -81,6 +85,9 @@ pub fn run(
     }
     for h in &spec.headers {
         cmd.args(["-H", h]);
+    }
+    if let Some(body) = &spec.post_body {
+        cmd.args(["-m", "POST", "-D"]).arg(body);
     }
     if let Some(rate) = spec.rate {
         cmd.args(["-q", &rate.to_string(), "--latency-correction"]);
@@ -172,6 +179,7 @@ fn evaluate(rows: &[Row], warmup: Duration, duration: Duration) -> LoadResult {
         }
     }
     let ok = latencies.len();
+    let ok_total = rows.iter().filter(|r| (200..300).contains(&r.2)).count() as u64;
     LoadResult {
         latency: Percentiles::of_us(latencies),
         achieved_rps: ok as f64 / duration.as_secs_f64(),
@@ -179,6 +187,7 @@ fn evaluate(rows: &[Row], warmup: Duration, duration: Duration) -> LoadResult {
         error_kinds: non_2xx,
         aborted_at_deadline: 0,
         total_requests: rows.len() as u64,
+        ok_total,
     }
 }
 
@@ -192,6 +201,7 @@ fn from_summary(summary: &serde_json::Value) -> LoadResult {
             result.total_requests += n;
             if code.starts_with('2') {
                 ok += n;
+                result.ok_total += n;
             } else {
                 result.errors += n;
                 *result
@@ -236,6 +246,7 @@ mod tests {
         assert_eq!(r.achieved_rps, 500.0);
         assert_eq!(r.errors, 2);
         assert_eq!(r.total_requests, 1002);
+        assert_eq!(r.ok_total, 1000);
         let l = r.latency.unwrap();
         assert!((l.p99_us - 500.0).abs() < 1e-6 && (l.p999_us - 1000.0).abs() < 1e-6);
     }
@@ -254,5 +265,6 @@ mod tests {
         assert_eq!(r.errors, 1);
         assert_eq!(r.error_kinds["HTTP 503"], 1);
         assert_eq!(r.total_requests, 5);
+        assert_eq!(r.ok_total, 4);
     }
 }

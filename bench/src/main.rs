@@ -6,6 +6,7 @@
 //! inside pods (they must run in the pod's cgroup and netns).
 
 mod loadgen;
+mod mcp;
 mod peers;
 mod probe;
 mod procfs;
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the benchmark and write results (needs root).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// (helper) Time fresh TCP connections to ADDR; prints JSON.
     ConnectProbe {
         #[arg(long)]
@@ -73,7 +74,7 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run(args) => run::run(args),
+        Cmd::Run(args) => run::run(*args),
         Cmd::ConnectProbe {
             addr,
             count,

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use stoa_tests::OutputExt;
 
 use crate::procfs;
-use crate::run::{mode_reason, ConnectResult, MemoryRow, Plan, Point, PolicyResult, Runner};
+use crate::run::{
+    mode_reason, ConnectResult, McpResult, MemoryRow, Plan, Point, PolicyResult, Runner,
+};
 use crate::stats::{round1, round3, Spread};
 use crate::topology::{PolicyMode, System};
 
@@ -26,6 +28,8 @@ pub struct Results {
     pub mode: PolicyMode,
     /// Why stoa has no HTTP/2 rows, if it has none.
     pub h2_skip: Option<String>,
+    /// The MCP row's extras, when that phase ran.
+    pub mcp: Option<McpResult>,
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC) without a date crate.
@@ -224,6 +228,15 @@ fn rate_key(rate: Option<u32>) -> Value {
 
 /// The rows of one protocol: per system and rate (fixed rates first, then "max").
 pub fn rows(results: &Results, protocol: &str) -> Vec<Value> {
+    let (rates, systems): (&[u32], Vec<System>) = match protocol {
+        "mcp" => (&results.plan.mcp_rates, results.plan.mcp_systems()),
+        "http2" => (&results.plan.rates, results.plan.h2_systems()),
+        _ => (&results.plan.rates, results.plan.systems.clone()),
+    };
+    rows_of(results, protocol, rates, &systems)
+}
+
+fn rows_of(results: &Results, protocol: &str, rates: &[u32], systems: &[System]) -> Vec<Value> {
     let points: Vec<&Point> = results
         .points
         .iter()
@@ -239,16 +252,12 @@ pub fn rows(results: &Results, protocol: &str) -> Vec<Value> {
     let aggs: BTreeMap<(System, u32), Agg> =
         groups.iter().map(|(k, v)| (*k, aggregate(v))).collect();
     let rps_max = |system: System| aggs.get(&(system, u32::MAX)).and_then(|a| med(a.rps));
-    let mut systems: Vec<System> = results.plan.systems.clone();
-    if protocol == "http2" {
-        systems.retain(|s| matches!(s, System::Direct | System::Stoa));
-    }
-    let mut rates: Vec<u32> = results.plan.rates.clone();
+    let mut rates: Vec<u32> = rates.to_vec();
     rates.push(u32::MAX);
     let mut out = Vec::new();
     for &rate in &rates {
         let direct = aggs.get(&(System::Direct, rate));
-        for &system in &systems {
+        for &system in systems {
             let rate_v = rate_key((rate != u32::MAX).then_some(rate));
             let Some(a) = aggs.get(&(system, rate)) else {
                 if protocol == "http2" && system == System::Stoa {
@@ -293,6 +302,20 @@ pub fn rows(results: &Results, protocol: &str) -> Vec<Value> {
                     "cpu_s_per_10k": a.cpu.map_or(Value::Null, |s| json!([round3(s.min), round3(s.max)])),
                 },
             });
+            if protocol == "mcp" {
+                // stoa / direct at the same rate (the server dominates both).
+                let ratio = |f: fn(&Agg) -> Option<Spread>| -> Value {
+                    match (med(f(a)), direct.and_then(|d| med(f(d)))) {
+                        (Some(x), Some(d)) if system != System::Direct && d > 0.0 => {
+                            json!(round3(x / d))
+                        }
+                        _ => Value::Null,
+                    }
+                };
+                row["ratio_p50"] = ratio(|a| a.p50);
+                row["ratio_p90"] = ratio(|a| a.p90);
+                row["ratio_p99"] = ratio(|a| a.p99);
+            }
             if !a.failures.is_empty() {
                 row["failures"] = json!(a.failures);
             }
@@ -300,6 +323,60 @@ pub fn rows(results: &Results, protocol: &str) -> Vec<Value> {
         }
     }
     out
+}
+
+/// `latest.json`'s `mcp`: what was measured, the rows, the closed-loop maxima and the
+/// checks that the stoa rows measure governed calls.
+fn mcp_section(results: &Results, m: &McpResult) -> Value {
+    let plan = &results.plan;
+    let rows = rows(results, "mcp");
+    let max_of = |system: &str| {
+        rows.iter()
+            .find(|r| r["system"] == system && r["rate"] == "max")
+            .map_or(Value::Null, |r| r["achieved_rps"].clone())
+    };
+    let credentials = if results.mode.is_l7() {
+        "credentials [apiKey] (the bench consumer's x-api-key, as the HTTP contract)"
+    } else {
+        "credentials [workload] (the client pod's identity)"
+    };
+    json!({
+        "skipped": m.skipped,
+        "request": format!(
+            "POST {} (MCP {} tools/call of {} with {{\"text\":\"hi\"}}; headers MCP-Protocol-Version, Mcp-Method, Mcp-Name, x-api-key): 200 application/json with the JSON-RPC result",
+            crate::mcp::url(), crate::mcp::PROTOCOL_VERSION, crate::mcp::TOOL
+        ),
+        "server": format!(
+            "tests/peers/mcp_server.py {} (Python SDK MCPServer on uvicorn, one process) in pod 'mcp' on {}, pinned to the backend CPU {}",
+            crate::mcp::SERVER_ARGS.join(" "), crate::mcp::addr(), results.meta["layout"]["backend_cpus"]
+        ),
+        "stoa_path": format!(
+            "oha in pod 'client' (a Workload) → {} redirected to the agent: JSON-RPC parse, routing headers checked against the body, {credentials}, tool authorization (AccessPolicy allows {}), per-tool Quota (100,000,000/s on {}, enforce), metering to the usage ledger; audit off",
+            crate::mcp::addr(), crate::mcp::TOOL, crate::mcp::TOOL
+        ),
+        "direct_path": format!("oha in pod 'plain' (no policy lists it) → {}", crate::mcp::addr()),
+        "policy": crate::mcp::policy_yaml(&results.mode),
+        "rates": plan.mcp_rates,
+        "connections": plan.mcp_connections,
+        "warmup_s": plan.warmup_s,
+        "duration_s": plan.mcp_duration_s,
+        "repetitions": plan.reps,
+        "max_run_s": plan.mcp_max_s,
+        "order": "one closed-loop run per system first (direct, stoa), then per repetition each rate with the systems interleaved",
+        "server_max_rps": max_of("direct"),
+        "stoa_max_rps": max_of("stoa"),
+        "rows": rows,
+        "probe": m.probe,
+        "metering": {
+            "stoa_ok_answers": m.ok_total_stoa,
+            "metered_ok": m.metered_ok_total,
+            "ledger_ok": m.ledger_ok_total,
+            "ok_answers": m.ok_total_all,
+            "server_calls": m.server_calls,
+            "how": "stoa_ok_answers: 2xx answers oha got on the stoa points (warm-up included); metered_ok: the agent's stoa_mcp_tool_calls_total{outcome=ok} for the tool over the same points (a denial or a tool error would be counted under another outcome, at HTTP 200 too); ledger_ok: `stoa usage` over the agent's ledger at the end (the stoa probe's call included); ok_answers: 2xx answers of every MCP point, the two probe calls and the 2 s unrecorded warm-up run; server_calls: tool calls the server executed (its calls log)",
+        },
+        "notes": m.notes,
+    })
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -370,6 +447,9 @@ pub fn write_all(results: &Results, out_dir: &Path) -> anyhow::Result<()> {
     });
     if results.plan.h2 {
         doc["http2"] = json!(http2);
+    }
+    if let Some(m) = &results.mcp {
+        doc["mcp"] = mcp_section(results, m);
     }
     doc["memory"] = json!(results.memory);
     doc["stoa"] = json!({
@@ -492,7 +572,7 @@ fn markdown(doc: &Value, results: &Results) -> String {
     );
 
     for (proto, title) in [("http1", "HTTP/1.1"), ("http2", "HTTP/2 (h2c)")] {
-        let Some(rows) = doc[proto].as_array() else {
+        let Some(rows) = doc[proto].as_array().filter(|r| !r.is_empty()) else {
             continue;
         };
         let _ = writeln!(md, "## {title}\n");
@@ -536,24 +616,30 @@ fn markdown(doc: &Value, results: &Results) -> String {
         let _ = writeln!(md);
     }
 
-    let _ = writeln!(md, "## Memory of the proxy process\n");
-    let _ = writeln!(md, "RSS from /proc/PID/status (nginx: master + worker). Idle: after start-up and one request, before any load. With connections: {} idle keep-alive connections open, one request served on each; HWM is the peak since start, load phases included.\n", results.plan.hold_conns);
-    let _ = writeln!(md, "| system | idle RSS MB | idle HWM MB | connections held | RSS MB with them | HWM MB | note |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    for m in &results.memory {
-        let _ = writeln!(
-            md,
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} |",
-            m.system.name(),
-            m.idle_rss_mb,
-            m.idle_hwm_mb,
-            m.conns_held.map_or("–".into(), |n| n.to_string()),
-            m.conns_rss_mb.map_or("–".into(), |v| format!("{v:.1}")),
-            m.conns_hwm_mb.map_or("–".into(), |v| format!("{v:.1}")),
-            m.note.as_deref().unwrap_or("")
-        );
+    if let Some(mcp) = doc.get("mcp") {
+        markdown_mcp(&mut md, mcp);
     }
-    let _ = writeln!(md);
+
+    if !results.memory.is_empty() {
+        let _ = writeln!(md, "## Memory of the proxy process\n");
+        let _ = writeln!(md, "RSS from /proc/PID/status (nginx: master + worker). Idle: after start-up and one request, before any load. With connections: {} idle keep-alive connections open, one request served on each; HWM is the peak since start, load phases included.\n", results.plan.hold_conns);
+        let _ = writeln!(md, "| system | idle RSS MB | idle HWM MB | connections held | RSS MB with them | HWM MB | note |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for m in &results.memory {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                m.system.name(),
+                m.idle_rss_mb,
+                m.idle_hwm_mb,
+                m.conns_held.map_or("–".into(), |n| n.to_string()),
+                m.conns_rss_mb.map_or("–".into(), |v| format!("{v:.1}")),
+                m.conns_hwm_mb.map_or("–".into(), |v| format!("{v:.1}")),
+                m.note.as_deref().unwrap_or("")
+            );
+        }
+        let _ = writeln!(md);
+    }
 
     if let Some(c) = &results.connect {
         let _ = writeln!(md, "## STOA: cost of connect() with the redirect\n");
@@ -608,10 +694,16 @@ fn markdown(doc: &Value, results: &Results) -> String {
                 .unwrap_or_default()
         );
     }
-    let _ = writeln!(md, "## Targets (reported, not enforced)\n");
-    let _ = writeln!(md, "| target | value | limit | met |");
-    let _ = writeln!(md, "|---|---|---|---|");
-    if let Some(ts) = doc["targets"].as_array() {
+    // A run of some parts only (--only) may have nothing to evaluate.
+    let targets = doc["targets"]
+        .as_array()
+        .filter(|ts| ts.iter().any(|t| !t["met"].is_null()));
+    if targets.is_some() {
+        let _ = writeln!(md, "## Targets (reported, not enforced)\n");
+        let _ = writeln!(md, "| target | value | limit | met |");
+        let _ = writeln!(md, "|---|---|---|---|");
+    }
+    if let Some(ts) = targets {
         for t in ts {
             let (value, limit) = ["us", "mb", "ms"]
                 .iter()
@@ -652,16 +744,126 @@ fn markdown(doc: &Value, results: &Results) -> String {
     md
 }
 
+fn markdown_mcp(md: &mut String, mcp: &Value) {
+    let _ = writeln!(md, "## MCP tools/call\n");
+    if let Some(reason) = mcp["skipped"].as_str() {
+        let _ = writeln!(md, "Skipped: {reason}\n");
+        return;
+    }
+    let s = |k: &str| mcp[k].as_str().unwrap_or("").to_string();
+    let _ = writeln!(md, "- request: {}", s("request"));
+    let _ = writeln!(md, "- server: {}", s("server"));
+    let _ = writeln!(md, "- direct: {}", s("direct_path"));
+    let _ = writeln!(md, "- stoa: {}", s("stoa_path"));
+    let _ = writeln!(
+        md,
+        "- load: open loop at {} calls/s over {} keep-alive connections; {} s warm-up + {} s per point; {} repetition(s), direct and stoa interleaved; the `max` rows are one closed-loop run of {} s each",
+        mcp["rates"],
+        mcp["connections"],
+        mcp["warmup_s"],
+        mcp["duration_s"],
+        mcp["repetitions"],
+        mcp["max_run_s"]
+    );
+    let _ = writeln!(
+        md,
+        "\nLatency in µs: median over repetitions (min–max). “+”: stoa − direct at the same rate; “×”: stoa / direct. CPU s / 10k calls: the agent's (stoa) and the MCP server's.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | rate | p50 | p90 | p99 | p99.9 | +p50 | +p90 | +p99 | ×p50 | ×p99 | achieved rps | errors | agent CPU s / 10k | server CPU s / 10k |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let ratio = |v: &Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.2}"));
+    for r in mcp["rows"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["system"].as_str().unwrap_or(""),
+            r["rate"]
+                .as_str()
+                .map_or(r["rate"].to_string(), str::to_string),
+            with_range(r, "p50_us"),
+            with_range(r, "p90_us"),
+            with_range(r, "p99_us"),
+            with_range(r, "p999_us"),
+            signed(&r["added_p50_us"]),
+            signed(&r["added_p90_us"]),
+            signed(&r["added_p99_us"]),
+            ratio(&r["ratio_p50"]),
+            ratio(&r["ratio_p99"]),
+            fmt_opt(&r["achieved_rps"], 0),
+            r["errors"],
+            fmt_opt(&r["cpu_s_per_10k"], 3),
+            fmt_opt(&r["backend_cpu_s_per_10k"], 3),
+        );
+    }
+    let p = &mcp["probe"];
+    let m = &mcp["metering"];
+    let _ = writeln!(
+        md,
+        "\nServer maximum (closed loop, {} connections): {} calls/s direct, {} through stoa.",
+        mcp["connections"],
+        fmt_opt(&mcp["server_max_rps"], 0),
+        fmt_opt(&mcp["stoa_max_rps"], 0)
+    );
+    let _ = writeln!(
+        md,
+        "Checked before the load: the call answered `{}` direct and `{}` through stoa (metered once); `{}` (not allowed) through stoa got JSON-RPC error {} at HTTP {}; without the key: HTTP {}{}.",
+        p["direct"]["text"].as_str().unwrap_or("?"),
+        p["stoa"]["text"].as_str().unwrap_or("?"),
+        p["stoa_denied_tool"]["tool"].as_str().unwrap_or("?"),
+        p["stoa_denied_tool"]["code"],
+        p["stoa_denied_tool"]["status"],
+        p["stoa_without_key"]["status"],
+        p["stoa_without_key"]["code"]
+            .as_i64()
+            .map(|c| format!(" (JSON-RPC error {c})"))
+            .unwrap_or_default(),
+    );
+    let _ = writeln!(
+        md,
+        "Answers checked against what was governed and executed: {} ok answers on the stoa points, {} ok calls metered by the agent over them, {} in the usage ledger at the end (+1: the probe); {} ok answers in all (probes and the server warm-up included), {} calls executed by the server.",
+        m["stoa_ok_answers"], m["metered_ok"], m["ledger_ok"], m["ok_answers"], m["server_calls"]
+    );
+    for n in mcp["notes"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "- note: {}", n.as_str().unwrap_or(""));
+    }
+    let _ = writeln!(md);
+}
+
 /// latency.png: one panel per protocol and fixed rate, percentiles per system as
 /// clustered bars with min–max error bars, log scale.
 fn plot(results: &Results, doc: &Value, out_dir: &Path) -> anyhow::Result<()> {
     let tmp = plot_tmpdir()?;
     let mut panels = Vec::new();
-    for proto in ["http1", "http2"] {
-        let Some(rows) = doc[proto].as_array() else {
+    let mut cols = 1;
+    let sections: [(&str, &str, &Value, &[u32], &str); 3] = [
+        (
+            "http1",
+            "HTTP/1.1",
+            &doc["http1"],
+            &results.plan.rates,
+            "rps",
+        ),
+        ("http2", "HTTP/2", &doc["http2"], &results.plan.rates, "rps"),
+        (
+            "mcp",
+            "MCP tools/call",
+            &doc["mcp"]["rows"],
+            &results.plan.mcp_rates,
+            "calls/s",
+        ),
+    ];
+    for (proto, title, rows, rates, unit) in sections {
+        let Some(rows) = rows.as_array() else {
             continue;
         };
-        for &rate in &results.plan.rates {
+        let mut in_section = 0;
+        for &rate in rates {
             let mut data = String::from(
                 "# system p50 p50lo p50hi p90 p90lo p90hi p99 p99lo p99hi p999 p999lo p999hi\n",
             );
@@ -688,19 +890,16 @@ fn plot(results: &Results, doc: &Value, out_dir: &Path) -> anyhow::Result<()> {
             if any {
                 let file = tmp.join(format!("{proto}-{rate}.dat"));
                 std::fs::write(&file, data)?;
-                let title = if proto == "http1" {
-                    "HTTP/1.1"
-                } else {
-                    "HTTP/2"
-                };
-                panels.push((format!("{title}, {rate} rps"), file));
+                panels.push((format!("{title}, {rate} {unit}"), file));
+                in_section += 1;
             }
         }
+        cols = cols.max(in_section);
     }
     if panels.is_empty() {
         anyhow::bail!("no latency to plot");
     }
-    let cols = results.plan.rates.len().clamp(1, 4);
+    let cols = cols.clamp(1, 4);
     let prows = panels.len().div_ceil(cols);
     let png = out_dir.join("latency.png");
     let mut gp = String::new();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use stoa_tests::{run_with_timeout, OutputExt};
+use serde_json::Value;
+use stoa_tests::{run_with_timeout, OutputExt, Pod};
 
 use crate::loadgen::{self, LoadSpec};
 use crate::procfs::{self, kib_to_mb, Memory};
@@ -78,6 +79,47 @@ pub struct RunArgs {
     /// Idle connections held open for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     pub hold_conns: usize,
+    /// Run only these parts (e.g. `--only mcp`) [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Option<Vec<Scenario>>,
+    /// MCP tools/call rates in calls per second [default: 100,300; quick: 200].
+    #[arg(long, value_delimiter = ',')]
+    pub mcp_rates: Option<Vec<u32>>,
+    /// Keep-alive connections of the MCP load.
+    #[arg(long, default_value_t = 10)]
+    pub mcp_connections: usize,
+    /// Measured seconds per MCP point, after the warm-up [default: 8; quick: 2].
+    #[arg(long)]
+    pub mcp_duration_secs: Option<f64>,
+}
+
+/// The parts of a run, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// HTTP/1.1 load, every system.
+    Http1,
+    /// HTTP/2 (h2c) load, direct and stoa.
+    Http2,
+    /// MCP tools/call load to the Python SDK server, direct and stoa.
+    Mcp,
+    /// connect() cost of the redirect.
+    Connect,
+    /// Memory with 10k connections held.
+    Memory,
+    /// Policy change to enforcement.
+    Policy,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Http1,
+        Scenario::Http2,
+        Scenario::Mcp,
+        Scenario::Connect,
+        Scenario::Memory,
+        Scenario::Policy,
+    ];
 }
 
 /// The run's settings after defaults.
@@ -97,12 +139,28 @@ pub struct Plan {
     pub connect_samples: usize,
     pub hold_conns: usize,
     pub agent_access_log: bool,
+    pub scenarios: Vec<Scenario>,
+    pub mcp_rates: Vec<u32>,
+    pub mcp_connections: usize,
+    pub mcp_duration_s: f64,
+    /// Warm-up + measured seconds of each MCP closed-loop (max) run.
+    pub mcp_max_s: f64,
 }
 
 impl Plan {
     fn from(args: &RunArgs) -> Plan {
         let q = args.quick;
+        let mut scenarios = args.only.clone().unwrap_or(Scenario::ALL.to_vec());
+        if args.skip_h2 {
+            scenarios.retain(|s| *s != Scenario::Http2);
+        }
+        scenarios.sort();
+        scenarios.dedup();
         let mut systems = args.systems.clone().unwrap_or(System::ALL.to_vec());
+        // nginx and HAProxy only take part in the HTTP/1.1 load and the memory phase.
+        if !scenarios.contains(&Scenario::Http1) && !scenarios.contains(&Scenario::Memory) {
+            systems.retain(|s| matches!(s, System::Direct | System::Stoa));
+        }
         systems.sort();
         systems.dedup();
         Plan {
@@ -119,15 +177,45 @@ impl Plan {
             h2_connections: args.h2_connections,
             h2_streams: args.h2_streams,
             systems,
-            h2: !args.skip_h2,
+            h2: scenarios.contains(&Scenario::Http2),
             policy_samples: args.policy_samples.unwrap_or(if q { 6 } else { 20 }),
             connect_samples: args.connect_samples.unwrap_or(if q { 400 } else { 2000 }),
             hold_conns: args.hold_conns,
             agent_access_log: args.agent_access_log,
+            scenarios,
+            mcp_rates: args
+                .mcp_rates
+                .clone()
+                .unwrap_or(if q { vec![200] } else { vec![100, 300] }),
+            mcp_connections: args.mcp_connections,
+            mcp_duration_s: args.mcp_duration_secs.unwrap_or(if q { 2.0 } else { 8.0 }),
+            mcp_max_s: if q { 3.0 } else { 5.0 },
         }
     }
 
-    fn h2_systems(&self) -> Vec<System> {
+    pub fn has(&self, scenario: Scenario) -> bool {
+        self.scenarios.contains(&scenario)
+    }
+
+    /// Direct and stoa, as far as `--systems` keeps them.
+    pub fn mcp_systems(&self) -> Vec<System> {
+        if !self.has(Scenario::Mcp) {
+            return Vec::new();
+        }
+        self.systems
+            .iter()
+            .copied()
+            .filter(|s| matches!(s, System::Direct | System::Stoa))
+            .collect()
+    }
+
+    /// MCP points: every rate per repetition, and one closed-loop run per system.
+    fn mcp_points(&self) -> usize {
+        let n = self.mcp_systems().len();
+        self.reps * self.mcp_rates.len() * n + n
+    }
+
+    pub fn h2_systems(&self) -> Vec<System> {
         self.systems
             .iter()
             .copied()
@@ -137,14 +225,29 @@ impl Plan {
 
     /// Load points in the whole run.
     fn points(&self) -> usize {
+        self.http_points() + self.mcp_points()
+    }
+
+    fn http_points(&self) -> usize {
         let per_rep = self.rates.len() + 1;
+        let h1 = if self.has(Scenario::Http1) {
+            self.systems.len()
+        } else {
+            0
+        };
         let h2 = if self.h2 { self.h2_systems().len() } else { 0 };
-        self.reps * per_rep * (self.systems.len() + h2)
+        self.reps * per_rep * (h1 + h2)
     }
 
     /// Rough wall time of the load phases, for the progress line.
     fn load_estimate(&self) -> Duration {
-        Duration::from_secs_f64(self.points() as f64 * (self.duration_s + self.warmup_s + 0.9))
+        let n = self.mcp_systems().len();
+        let mcp = (self.reps * self.mcp_rates.len() * n) as f64
+            * (self.mcp_duration_s + self.warmup_s + 1.1)
+            + n as f64 * (self.mcp_max_s + 1.1);
+        Duration::from_secs_f64(
+            self.http_points() as f64 * (self.duration_s + self.warmup_s + 0.9) + mcp,
+        )
     }
 }
 
@@ -167,6 +270,12 @@ pub struct Point {
     /// oha's "aborted due to deadline" at the end of the run (not counted as errors).
     pub aborted_at_deadline: u64,
     pub total_requests: u64,
+    /// 2xx answers over the whole run, warm-up included.
+    pub ok_total: u64,
+    /// MCP through stoa: calls of the tool the agent metered as `ok` during the run
+    /// (`stoa_mcp_tool_calls_total`); equals `ok_total` when every answer was governed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metered_ok: Option<u64>,
     pub cpu_s_per_10k: Option<f64>,
     pub backend_cpu_s_per_10k: Option<f64>,
     pub rss_mb: Option<f64>,
@@ -203,6 +312,28 @@ pub struct ConnectResult {
     pub extra_connect_p99_us: Option<f64>,
     pub extra_first_request_p50_us: Option<f64>,
     pub hook_only_extra_p50_us: Option<f64>,
+}
+
+/// The MCP row's extras (its load points are in `points`, protocol "mcp").
+#[derive(Debug, Clone, Serialize)]
+pub struct McpResult {
+    /// Why the row was not measured.
+    pub skipped: Option<String>,
+    /// What the checks before the load saw (direct and stoa results, the denial).
+    pub probe: Value,
+    /// Sum over the stoa points of `metered_ok`.
+    pub metered_ok_total: Option<u64>,
+    /// `stoa usage` over the agent's ledger at the end: ok calls of the tool (the
+    /// probe's and the closed-loop run's included).
+    pub ledger_ok_total: Option<u64>,
+    /// 2xx answers over the stoa points (warm-up included).
+    pub ok_total_stoa: u64,
+    /// 2xx answers over every MCP point, direct and stoa, plus the two probe calls and
+    /// the unrecorded warm-up run.
+    pub ok_total_all: u64,
+    /// Tool calls the server executed (lines of its calls log) at the end.
+    pub server_calls: Option<u64>,
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -287,7 +418,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     std::thread::sleep(Duration::from_secs(1));
     let idle = runner.idle_memory();
-    runner.load_phase("http1");
+    if plan.has(Scenario::Http1) {
+        runner.load_phase("http1");
+    }
     let h2_skip = if plan.h2 {
         match runner.topo.stoa_h2c() {
             Ok(()) => None,
@@ -302,13 +435,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if plan.h2 {
         runner.load_phase_h2(h2_skip.is_some());
     }
-    let connect = if plan.systems.contains(&System::Stoa) {
+    let mcp = if plan.has(Scenario::Mcp) {
+        Some(runner.mcp_phase())
+    } else {
+        None
+    };
+    let connect = if plan.has(Scenario::Connect) && plan.systems.contains(&System::Stoa) {
         Some(runner.connect_phase())
     } else {
         None
     };
-    let memory = runner.memory_phase(idle);
-    let policy = if plan.systems.contains(&System::Stoa) {
+    let memory = if plan.has(Scenario::Memory) {
+        runner.memory_phase(idle)
+    } else {
+        Vec::new()
+    };
+    let policy = if plan.has(Scenario::Policy) && plan.systems.contains(&System::Stoa) {
         Some(runner.policy_phase())
     } else {
         None
@@ -331,6 +473,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         policy,
         mode: runner.topo.mode.clone(),
         h2_skip,
+        mcp,
     };
     report::write_all(&results, &args.out)?;
     println!(
@@ -435,7 +578,213 @@ impl Runner {
         rep: usize,
         h2: Option<usize>,
     ) -> Point {
-        let mut point = Point {
+        let point = Point::new(protocol, system, rate, rep);
+        if !self.topo.proxy_running(system) {
+            return point.failed(format!("{} is not running", system.name()));
+        }
+        let (pod, url) = self.topo.target(system);
+        let spec = LoadSpec {
+            url,
+            rate,
+            connections: if h2.is_some() {
+                self.plan.h2_connections
+            } else {
+                self.plan.connections
+            },
+            h2_streams: h2,
+            headers: vec![self.topo.key_header()],
+            post_body: None,
+            warmup: Duration::from_secs_f64(self.plan.warmup_s),
+            duration: Duration::from_secs_f64(self.plan.duration_s),
+        };
+        self.measure(point, pod, &spec, self.topo.backend.pid())
+    }
+
+    /// MCP: `tools/call` of echo, direct and through stoa. One closed-loop run per
+    /// system first (the server's ceiling), then every repetition runs every rate with
+    /// the systems interleaved, as the HTTP phases do.
+    fn mcp_phase(&mut self) -> McpResult {
+        let plan = self.plan.clone();
+        let systems = plan.mcp_systems();
+        let mut result = McpResult {
+            skipped: None,
+            probe: Value::Null,
+            metered_ok_total: None,
+            ledger_ok_total: None,
+            ok_total_stoa: 0,
+            ok_total_all: 0,
+            server_calls: None,
+            notes: Vec::new(),
+        };
+        println!(
+            "stoa-bench: MCP tools/call: {} at {:?} calls/s, {} connections",
+            crate::mcp::url(),
+            plan.mcp_rates,
+            plan.mcp_connections
+        );
+        match crate::mcp::setup(&self.topo, &self.layout.backend, &self.work_dir) {
+            Ok(bench) => {
+                result.probe = bench.probe.clone();
+                // The probe's two echo calls (direct and through stoa).
+                result.ok_total_all = 2;
+                self.topo.mcp = Some(bench);
+            }
+            Err(reason) => {
+                eprintln!("stoa-bench: skipping the MCP row: {reason}");
+                result.skipped = Some(reason);
+                self.done += plan.mcp_points();
+                return result;
+            }
+        }
+        let warmup = Duration::from_secs_f64(plan.warmup_s);
+        // A freshly started Python server is slower for its first thousand calls or so:
+        // a short unrecorded closed-loop run first, so the direct max run (the first
+        // measured) does not pay for it.
+        if let Some(bench) = &self.topo.mcp {
+            let spec = LoadSpec {
+                url: crate::mcp::url(),
+                rate: None,
+                connections: plan.mcp_connections,
+                h2_streams: None,
+                headers: bench.headers.clone(),
+                post_body: Some(bench.body_file.clone()),
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs(2),
+            };
+            match loadgen::run(
+                &self.topo.plain,
+                &self.oha,
+                &spec,
+                &self.layout.loadgen,
+                &self.work_dir,
+            ) {
+                Ok(r) => result.ok_total_all += r.ok_total,
+                Err(e) => result.notes.push(format!("server warm-up failed: {e:#}")),
+            }
+        }
+        // The closed-loop run: warm-up + measurement = mcp_max_s.
+        let max_duration = Duration::from_secs_f64((plan.mcp_max_s - plan.warmup_s).max(1.0));
+        let mut slots: Vec<(usize, Option<u32>, Duration)> = vec![(1, None, max_duration)];
+        for rep in 1..=plan.reps {
+            for &rate in &plan.mcp_rates {
+                slots.push((
+                    rep,
+                    Some(rate),
+                    Duration::from_secs_f64(plan.mcp_duration_s),
+                ));
+            }
+        }
+        for (rep, rate, duration) in slots {
+            for &system in &systems {
+                let t = Instant::now();
+                let point = self.mcp_point(system, rate, rep, warmup, duration);
+                if rate.is_none() && system == System::Direct && point.failure.is_none() {
+                    for &r in &plan.mcp_rates {
+                        if f64::from(r) > 0.7 * point.achieved_rps {
+                            let note = format!(
+                                "{r} calls/s is above 70% of the server's closed-loop maximum ({:.0}/s): queueing in the server dominates that rate",
+                                point.achieved_rps
+                            );
+                            eprintln!("stoa-bench: {note}");
+                            result.notes.push(note);
+                        }
+                    }
+                }
+                result.ok_total_all += point.ok_total;
+                if system == System::Stoa {
+                    result.ok_total_stoa += point.ok_total;
+                    if let Some(m) = point.metered_ok {
+                        *result.metered_ok_total.get_or_insert(0) += m;
+                        if m != point.ok_total {
+                            let note = format!(
+                                "stoa @ {}: {} ok answers but {m} metered ok calls",
+                                rate.map_or("max".into(), |r| format!("{r}/s")),
+                                point.ok_total
+                            );
+                            eprintln!("stoa-bench: {note}");
+                            result.notes.push(note);
+                        }
+                    }
+                }
+                self.done += 1;
+                print_point(self.done, self.plan.points(), &point, t.elapsed());
+                self.points.push(point);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if let Some(bench) = &self.topo.mcp {
+            match std::fs::read_to_string(&bench.server.calls_log) {
+                Ok(log) => {
+                    let calls = log.lines().count() as u64;
+                    if calls != result.ok_total_all {
+                        result.notes.push(format!(
+                            "the server executed {calls} calls, the points and probes got {} ok answers",
+                            result.ok_total_all
+                        ));
+                    }
+                    result.server_calls = Some(calls);
+                }
+                Err(e) => result.notes.push(format!("server calls log not read: {e}")),
+            }
+        }
+        // The ledger behind `stoa usage`: every metered call, the probe's included.
+        match crate::mcp::ledger_ok(&self.topo.node) {
+            Ok(n) => result.ledger_ok_total = Some(n),
+            Err(e) => result.notes.push(format!("usage ledger not read: {e}")),
+        }
+        result
+    }
+
+    fn mcp_point(
+        &self,
+        system: System,
+        rate: Option<u32>,
+        rep: usize,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Point {
+        let point = Point::new("mcp", system, rate, rep);
+        let Some(bench) = &self.topo.mcp else {
+            return point.failed("the MCP server is not set up".into());
+        };
+        if !bench.server.handle.is_running() {
+            return point.failed(format!(
+                "the MCP server is not running: {}",
+                bench.server.handle.describe(10)
+            ));
+        }
+        if !self.topo.proxy_running(system) {
+            return point.failed(format!("{} is not running", system.name()));
+        }
+        let pod = match system {
+            System::Stoa => &self.topo.client,
+            _ => &self.topo.plain,
+        };
+        let spec = LoadSpec {
+            url: crate::mcp::url(),
+            rate,
+            connections: self.plan.mcp_connections,
+            h2_streams: None,
+            headers: bench.headers.clone(),
+            post_body: Some(bench.body_file.clone()),
+            warmup,
+            duration,
+        };
+        let before = (system == System::Stoa).then(|| crate::mcp::metered_ok(&self.topo.node));
+        let mut point = self.measure(point, pod, &spec, bench.server.handle.pid());
+        if let Some(before) = before {
+            if point.failure.is_none() {
+                point.metered_ok =
+                    Some(crate::mcp::metered_ok(&self.topo.node).saturating_sub(before));
+            }
+        }
+        point
+    }
+}
+
+impl Point {
+    fn new(protocol: &'static str, system: System, rate: Option<u32>, rep: usize) -> Point {
+        Point {
             protocol,
             system,
             rate,
@@ -450,38 +799,35 @@ impl Runner {
             error_kinds: BTreeMap::new(),
             aborted_at_deadline: 0,
             total_requests: 0,
+            ok_total: 0,
+            metered_ok: None,
             cpu_s_per_10k: None,
             backend_cpu_s_per_10k: None,
             rss_mb: None,
             failure: None,
-        };
-        if !self.topo.proxy_running(system) {
-            point.failure = Some(format!("{} is not running", system.name()));
-            return point;
         }
-        let (pod, url) = self.topo.target(system);
-        let spec = LoadSpec {
-            url,
-            rate,
-            connections: if h2.is_some() {
-                self.plan.h2_connections
-            } else {
-                self.plan.connections
-            },
-            h2_streams: h2,
-            headers: vec![self.topo.key_header()],
-            warmup: Duration::from_secs_f64(self.plan.warmup_s),
-            duration: Duration::from_secs_f64(self.plan.duration_s),
-        };
+    }
+
+    fn failed(mut self, why: String) -> Point {
+        self.failure = Some(why);
+        self
+    }
+}
+
+impl Runner {
+    /// Runs one load point (`spec` from `pod`) and fills `point` with what it measured:
+    /// latency, throughput, errors, and the CPU and peak RSS of the system's proxy and
+    /// of `backend`.
+    fn measure(&self, mut point: Point, pod: &Pod, spec: &LoadSpec, backend: u32) -> Point {
+        let system = point.system;
         let pids = self.topo.proxy_pids(system);
-        let backend = self.topo.backend.pid();
         let cpu_before = procfs::cpu_seconds_all(&pids);
         let backend_before = procfs::cpu_seconds(backend).unwrap_or(0.0);
         let stop = AtomicBool::new(false);
         let (result, peak_kib) = std::thread::scope(|s| {
             let sampler =
                 s.spawn(|| procfs::sample_peak_rss(&pids, Duration::from_millis(100), &stop));
-            let result = loadgen::run(pod, &self.oha, &spec, &self.layout.loadgen, &self.work_dir);
+            let result = loadgen::run(pod, &self.oha, spec, &self.layout.loadgen, &self.work_dir);
             stop.store(true, Ordering::Relaxed);
             (result, sampler.join().unwrap_or(0))
         });
@@ -501,6 +847,7 @@ impl Runner {
                 point.error_kinds = r.error_kinds;
                 point.aborted_at_deadline = r.aborted_at_deadline;
                 point.total_requests = r.total_requests;
+                point.ok_total = r.ok_total;
                 if r.total_requests > 0 {
                     let per10k = |s: f64| round3(s / r.total_requests as f64 * 10_000.0);
                     if !pids.is_empty() {

@@ -9,6 +9,7 @@
 //!                                                                         ▼
 //!                                 pod "server": stoa-bench-backend on 10.96.0.10:80 (+ .11)
 //!                                               stoa-test-backend on 10.96.0.12:80 (policy probe)
+//!                                 pod "mcp":    mcp_server.py on 10.96.0.20:8080 (MCP row, `crate::mcp`)
 //! ```
 //! Every path crosses the same veth pairs: pod → node netns → server pod. The direct,
 //! nginx and HAProxy clients run in a pod that no policy lists, so no kernel program
@@ -107,6 +108,8 @@ pub struct Topology {
     pub controller: ProcHandle,
     pub nginx: Option<(ProcHandle, Vec<u32>)>,
     pub haproxy: Option<ProcHandle>,
+    /// The MCP row's server, once its phase set it up.
+    pub mcp: Option<crate::mcp::McpBench>,
     pub api_key: String,
     pub mode: PolicyMode,
     pub notes: Vec<String>,
@@ -205,6 +208,15 @@ fn random_hex(bytes: usize) -> String {
         let _ = f.read_exact(&mut buf);
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `stoa-agent --help` (stdout and stderr), empty when it cannot run.
+fn agent_help() -> String {
+    Command::new(bin_path("stoa-agent"))
+        .arg("--help")
+        .output()
+        .map(|out| out.stdout_str() + &out.stderr_str())
+        .unwrap_or_default()
 }
 
 /// Picks the policy mode: L7 when the agent takes `--api-key-secret-file` and the CLI
@@ -393,6 +405,11 @@ impl Topology {
             node.start_controller(&node.policy_dir())
         });
         let mut agent_args: Vec<String> = Vec::new();
+        // The MCP usage ledger goes to the node's own folder, never /var/lib/stoa.
+        if agent_help().contains("--usage-dir") {
+            agent_args.push("--usage-dir".into());
+            agent_args.push(node.usage_dir().display().to_string());
+        }
         if let PolicyMode::L7 { secret_file, .. } = &mode {
             agent_args.push("--api-key-secret-file".into());
             agent_args.push(secret_file.display().to_string());
@@ -436,6 +453,7 @@ impl Topology {
             controller,
             nginx: None,
             haproxy: None,
+            mcp: None,
             api_key,
             mode,
             notes: Vec::new(),
@@ -677,6 +695,9 @@ impl Topology {
         }
         if let Some(h) = &self.haproxy {
             procs.push(("haproxy", h.pid()));
+        }
+        if let Some(m) = &self.mcp {
+            procs.push(("mcp_server.py", m.server.handle.pid()));
         }
         procs
             .into_iter()
