@@ -26,7 +26,7 @@ test: setup fmt clippy build
 	$(CARGO) test --workspace --no-fail-fast
 
 # Side-by-side benchmark (bench/README.md): installs nginx, HAProxy, oha and gnuplot,
-# builds release binaries (no debug build needed), then measures for about 16 minutes; writes bench/results/. As root.
+# builds release binaries (no debug build needed), then measures for about 17 minutes (HTTP, MCP, connect, memory, policy); writes bench/results/. As root.
 # `make bench BENCH_ARGS=--quick` is a one-minute smoke run.
 .PHONY: bench
 bench: setup
