@@ -585,14 +585,8 @@ async fn identify(
     if contract.requires_credential() {
         let mut challenges = Vec::new();
         if contract.jwt.is_some() {
-            let host = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-                .unwrap_or_else(|| record.conn.original_dst.to_string());
             // An MCP client finds its authorization server through this (RFC 9728).
-            challenges.push(match mcp::resource_metadata_url(contract, &host) {
+            challenges.push(match mcp::resource_metadata_url(contract) {
                 Some(url) => format!(
                     "Bearer realm=\"{}\", resource_metadata=\"{url}\"",
                     contract.name

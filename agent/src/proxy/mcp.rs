@@ -214,8 +214,15 @@ struct Invocation {
     jsonrpc_id: Value,
 }
 
-/// The caller as the ledger names it: consumer, else workload, else JWT subject.
-fn caller_names(principal: &Principal) -> (String, Option<String>, Option<String>) {
+/// How records name a caller.
+struct CallerNames {
+    /// The consumer, else the workload, else the JWT subject.
+    caller: String,
+    consumer: Option<String>,
+    workload: Option<String>,
+}
+
+fn caller_names(principal: &Principal) -> CallerNames {
     let consumer = principal.consumer.as_ref().map(|c| c.qualified.clone());
     let workload = principal
         .workload
@@ -232,7 +239,11 @@ fn caller_names(principal: &Principal) -> (String, Option<String>, Option<String
                 .map(|s| format!("jwt:{s}"))
         })
         .unwrap_or_else(|| format!("identity:{}", principal.identity));
-    (caller, consumer, workload)
+    CallerNames {
+        caller,
+        consumer,
+        workload,
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -252,13 +263,13 @@ fn meter(
     outcome: Outcome,
     reason: Option<String>,
 ) {
-    let (caller, _, _) = caller_names(&invocation.principal);
+    let names = caller_names(&invocation.principal);
     let latency = invocation.started.elapsed();
     metrics::counter!(
         "stoa_mcp_tool_calls_total",
         "contract" => contract.name.clone(),
         "tool" => invocation.tool.clone(),
-        "caller" => caller.clone(),
+        "caller" => names.caller.clone(),
         "outcome" => outcome.as_str()
     )
     .increment(1);
@@ -269,14 +280,13 @@ fn meter(
     )
     .record(latency.as_secs_f64());
     let runtime = &ctx.mcp;
-    let (caller, consumer, workload) = caller_names(&invocation.principal);
     if let Some(ledger) = &runtime.ledger {
         let record = UsageRecord {
             ts_ms: unix_ms(),
             node: runtime.node.clone(),
-            caller: caller.clone(),
-            consumer: consumer.clone(),
-            workload: workload.clone(),
+            caller: names.caller.clone(),
+            consumer: names.consumer.clone(),
+            workload: names.workload.clone(),
             contract: contract.name.clone(),
             tool: invocation.tool.clone(),
             outcome,
@@ -286,7 +296,7 @@ fn meter(
             warn!("usage ledger: cannot record a tool call: {err}");
         }
     }
-    audit(ctx, contract, invocation, Some(outcome), reason);
+    audit(ctx, contract, invocation, names, Some(outcome), reason);
 }
 
 /// Writes the audit record of one tools/call decision; `outcome` is None for an allowed
@@ -295,12 +305,12 @@ fn audit(
     ctx: &HttpContext,
     contract: &ContractPolicy,
     invocation: &Invocation,
+    names: CallerNames,
     outcome: Option<Outcome>,
     reason: Option<String>,
 ) {
     let runtime = &ctx.mcp;
     let latency = invocation.started.elapsed();
-    let (caller, consumer, workload) = caller_names(&invocation.principal);
     if let Some(audit) = &runtime.audit {
         let secrets = contract
             .mcp
@@ -316,9 +326,9 @@ fn audit(
             ts_ms: unix_ms(),
             node: runtime.node.clone(),
             trace_id: invocation.trace_id.clone(),
-            caller,
-            consumer,
-            workload,
+            caller: names.caller,
+            consumer: names.consumer,
+            workload: names.workload,
             key_id: invocation.principal.key_id.as_deref().map(str::to_owned),
             contract: contract.name.clone(),
             tool: invocation.tool.clone(),
@@ -423,12 +433,21 @@ pub fn well_known(
 }
 
 /// Where the metadata of `contract` is published, for the 401 challenge.
-pub fn resource_metadata_url(contract: &ContractPolicy, host: &str) -> Option<String> {
-    let mcp = contract.mcp.as_ref()?;
-    mcp.oauth.as_ref()?;
+/// Where the metadata of `contract`'s OAuth resource is published, if it has one.
+pub fn resource_metadata_url(contract: &ContractPolicy) -> Option<String> {
+    metadata_url_of(&contract.mcp.as_ref()?.oauth.as_ref()?.resource)
+}
+
+/// RFC 9728 §3.1: the well-known segment goes between the resource's origin and path.
+fn metadata_url_of(resource: &str) -> Option<String> {
+    let (scheme, rest) = resource.split_once("://")?;
+    let (origin, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
     Some(format!(
-        "http://{host}/.well-known/oauth-protected-resource{}",
-        mcp.path
+        "{scheme}://{origin}/.well-known/oauth-protected-resource{}",
+        path.trim_end_matches('/')
     ))
 }
 
@@ -1450,6 +1469,7 @@ fn relay_sse(
                         &ctx,
                         &contract,
                         &invocation,
+                        caller_names(&invocation.principal),
                         None,
                         Some("cancelled: the client closed the stream before the answer".into()),
                     );
@@ -1765,6 +1785,23 @@ mod tests {
         assert!(check_modern_headers(&headers, &ok, &params)
             .unwrap_err()
             .contains("repeated"));
+    }
+
+    #[test]
+    fn resource_metadata_lives_under_the_resource_origin() {
+        assert_eq!(
+            metadata_url_of("http://10.96.0.20:8080/mcp").as_deref(),
+            Some("http://10.96.0.20:8080/.well-known/oauth-protected-resource/mcp")
+        );
+        assert_eq!(
+            metadata_url_of("https://tools.example/").as_deref(),
+            Some("https://tools.example/.well-known/oauth-protected-resource")
+        );
+        assert_eq!(
+            metadata_url_of("https://tools.example").as_deref(),
+            Some("https://tools.example/.well-known/oauth-protected-resource")
+        );
+        assert_eq!(metadata_url_of("not a url"), None);
     }
 
     #[test]
