@@ -9,7 +9,7 @@ use stoa_agent::{
     quota::QuotaStore, tables::ProxyTables,
 };
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(name = "stoa-agent", version, about = "STOA node agent")]
@@ -125,6 +125,26 @@ async fn run(args: Args, cgroup_root: PathBuf) -> anyhow::Result<()> {
         Some(ledger),
         audit,
     ));
+    // The ledger is flushed to disk from a blocking thread every half second, so the
+    // request path (which would otherwise sync once a second) never waits for the disk.
+    let ledger_syncer = mcp.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let runtime = ledger_syncer.clone();
+            let synced = tokio::task::spawn_blocking(move || {
+                runtime
+                    .ledger
+                    .as_ref()
+                    .map_or(Ok(()), |ledger| ledger.sync())
+            })
+            .await;
+            if let Ok(Err(err)) = synced {
+                warn!("usage ledger: fdatasync failed: {err}");
+            }
+        }
+    });
     let session_sweeper = mcp.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
