@@ -287,7 +287,7 @@ async fn handle(
 pub(super) struct Rejection {
     response: Response<ProxyBody>,
     decision: Decision,
-    reason: String,
+    pub(super) reason: String,
     /// The unread request body, drained (or the connection closed) before answering.
     body: Option<Incoming>,
 }

@@ -1081,7 +1081,7 @@ async fn post(
     let is_initialize = !batch && messages[0].get("method") == Some(&json!("initialize"));
     let modern =
         header_str(&parts.headers, &MCP_PROTOCOL_VERSION).is_some_and(|v| v >= MODERN_VERSION);
-    let response = send_upstream(
+    let sent = send_upstream(
         parts,
         full(bytes),
         conn,
@@ -1091,7 +1091,21 @@ async fn post(
         &stoa_headers,
         record,
     )
-    .await?;
+    .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(rejection) => {
+            if session.is_none() {
+                // Allowed calls the server never answered: not metered, but on record.
+                for invocation in watches.take_unfinished_calls() {
+                    let names = caller_names(&invocation.principal);
+                    let reason = format!("not answered: {}", rejection.reason);
+                    audit(ctx, &contract, &invocation, names, None, Some(reason));
+                }
+            }
+            return Err(rejection);
+        }
+    };
     if is_initialize {
         if let Some(id) = header_str(response.headers(), &MCP_SESSION_ID) {
             ctx.mcp
