@@ -477,6 +477,21 @@ fn fmt_opt(v: &Value, digits: usize) -> String {
 }
 
 /// "412 (398–430)": median with the min–max over repetitions.
+/// The cells every latency row starts with: system, rate, p50, p90, p99, p99.9.
+fn latency_cells(r: &Value) -> String {
+    [
+        r["system"].as_str().unwrap_or("").to_string(),
+        r["rate"]
+            .as_str()
+            .map_or(r["rate"].to_string(), str::to_string),
+        with_range(r, "p50_us"),
+        with_range(r, "p90_us"),
+        with_range(r, "p99_us"),
+        with_range(r, "p999_us"),
+    ]
+    .join(" | ")
+}
+
 fn with_range(row: &Value, key: &str) -> String {
     let m = fmt_opt(&row[key], 0);
     match row["range"][key].as_array() {
@@ -595,15 +610,8 @@ fn markdown(doc: &Value, results: &Results) -> String {
             }
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r["system"].as_str().unwrap_or(""),
-                r["rate"]
-                    .as_str()
-                    .map_or(r["rate"].to_string(), str::to_string),
-                with_range(r, "p50_us"),
-                with_range(r, "p90_us"),
-                with_range(r, "p99_us"),
-                with_range(r, "p999_us"),
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                latency_cells(r),
                 signed(&r["added_p50_us"]),
                 signed(&r["added_p99_us"]),
                 fmt_opt(&r["achieved_rps"], 0),
@@ -781,15 +789,8 @@ fn markdown_mcp(md: &mut String, mcp: &Value) {
     for r in mcp["rows"].as_array().into_iter().flatten() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            r["system"].as_str().unwrap_or(""),
-            r["rate"]
-                .as_str()
-                .map_or(r["rate"].to_string(), str::to_string),
-            with_range(r, "p50_us"),
-            with_range(r, "p90_us"),
-            with_range(r, "p99_us"),
-            with_range(r, "p999_us"),
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            latency_cells(r),
             signed(&r["added_p50_us"]),
             signed(&r["added_p90_us"]),
             signed(&r["added_p99_us"]),
