@@ -180,6 +180,13 @@ impl QuotaRule {
     }
 }
 
+enum RulesVerdict<'a> {
+    Allowed,
+    /// Denied by this AccessPolicy.
+    DeniedBy(&'a str),
+    NotAllowed,
+}
+
 #[derive(Debug)]
 pub enum AccessDecision {
     Allowed,
@@ -305,30 +312,18 @@ impl ContractPolicy {
 
     /// Deny wins; without an allow, access is denied.
     pub fn authorize(&self, operation: usize, principal: &Principal) -> AccessDecision {
-        let mut allowed = false;
-        for rule in &self.rules {
-            if !any_subject_matches(&rule.subjects, principal) {
-                continue;
+        match self.evaluate_rules(
+            principal,
+            |rule| rule.deny.as_ref().is_some_and(|d| d.contains(operation)),
+            |rule| rule.allow.as_ref().is_some_and(|a| a.contains(operation)),
+        ) {
+            RulesVerdict::Allowed => AccessDecision::Allowed,
+            RulesVerdict::DeniedBy(policy) => {
+                AccessDecision::Denied(format!("denied by AccessPolicy {policy}"))
             }
-            if rule
-                .deny
-                .as_ref()
-                .is_some_and(|deny| deny.contains(operation))
-            {
-                return AccessDecision::Denied(format!("denied by AccessPolicy {}", rule.policy));
+            RulesVerdict::NotAllowed => {
+                AccessDecision::Denied("no AccessPolicy allows this operation".into())
             }
-            if rule
-                .allow
-                .as_ref()
-                .is_some_and(|allow| allow.contains(operation))
-            {
-                allowed = true;
-            }
-        }
-        if allowed {
-            AccessDecision::Allowed
-        } else {
-            AccessDecision::Denied("no AccessPolicy allows this operation".into())
         }
     }
 
@@ -344,25 +339,42 @@ impl ContractPolicy {
                 self.name
             ));
         }
+        match self.evaluate_rules(
+            principal,
+            |rule| rule.deny_tools.as_ref().is_some_and(|d| d.contains(tool)),
+            |rule| rule.allow_tools.as_ref().is_some_and(|a| a.contains(tool)),
+        ) {
+            RulesVerdict::Allowed => AccessDecision::Allowed,
+            RulesVerdict::DeniedBy(policy) => {
+                AccessDecision::Denied(format!("tool {tool:?} is denied by AccessPolicy {policy}"))
+            }
+            RulesVerdict::NotAllowed => {
+                AccessDecision::Denied(format!("no AccessPolicy allows tool {tool:?}"))
+            }
+        }
+    }
+
+    /// The access rules matching `principal`: a deny wins, else an allow is needed.
+    fn evaluate_rules(
+        &self,
+        principal: &Principal,
+        denies: impl Fn(&AccessRule) -> bool,
+        allows: impl Fn(&AccessRule) -> bool,
+    ) -> RulesVerdict<'_> {
         let mut allowed = false;
         for rule in &self.rules {
             if !any_subject_matches(&rule.subjects, principal) {
                 continue;
             }
-            if rule.deny_tools.as_ref().is_some_and(|d| d.contains(tool)) {
-                return AccessDecision::Denied(format!(
-                    "tool {tool:?} is denied by AccessPolicy {}",
-                    rule.policy
-                ));
+            if denies(rule) {
+                return RulesVerdict::DeniedBy(&rule.policy);
             }
-            if rule.allow_tools.as_ref().is_some_and(|a| a.contains(tool)) {
-                allowed = true;
-            }
+            allowed |= allows(rule);
         }
         if allowed {
-            AccessDecision::Allowed
+            RulesVerdict::Allowed
         } else {
-            AccessDecision::Denied(format!("no AccessPolicy allows tool {tool:?}"))
+            RulesVerdict::NotAllowed
         }
     }
 

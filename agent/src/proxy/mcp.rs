@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     net::SocketAddrV4,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -246,13 +246,6 @@ fn caller_names(principal: &Principal) -> CallerNames {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Counts one finished invocation: Prometheus, the usage ledger (before the answer is
 /// released to the client, so a crash after the client has it loses nothing) and the
 /// audit record.
@@ -282,7 +275,7 @@ fn meter(
     let runtime = &ctx.mcp;
     if let Some(ledger) = &runtime.ledger {
         let record = UsageRecord {
-            ts_ms: unix_ms(),
+            ts_ms: stoa_usage::unix_millis_now(),
             node: runtime.node.clone(),
             caller: names.caller.clone(),
             consumer: names.consumer.clone(),
@@ -323,7 +316,7 @@ fn audit(
             _ => AuditRecord::ALLOW,
         };
         let record = AuditRecord {
-            ts_ms: unix_ms(),
+            ts_ms: stoa_usage::unix_millis_now(),
             node: runtime.node.clone(),
             trace_id: invocation.trace_id.clone(),
             caller: names.caller,
@@ -385,7 +378,8 @@ impl std::fmt::Display for ReadError {
     }
 }
 
-/// Reads a whole body of at most `limit` bytes.
+/// Reads a whole body of at most `limit` bytes. (`Limited` + `collect` held across an
+/// await made the connection future fail rustc's higher-ranked Send check.)
 async fn read_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, ReadError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
